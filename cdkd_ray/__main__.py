@@ -1,0 +1,3 @@
+from cdkd_ray.cli import main
+
+main()

@@ -1,0 +1,179 @@
+"""The `cdkd-ray` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any, Callable
+
+from cdkd_ray.errors import CdkdError
+
+
+def emit(result: dict, as_json: bool, human: Callable[[dict], None] | None = None) -> None:
+    """Print a result for people, and with --json as one JSON object on the last stdout line."""
+    if human:
+        human(result)
+    if as_json:
+        print(json.dumps(result, default=_json_default), flush=True)
+
+
+def _json_default(value: Any):
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return str(value)
+
+
+def _size(text: str) -> tuple[int, int]:
+    """Parse HxW such as 256x192."""
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH such as 256x192, got '{text}'") from None
+    if h <= 0 or w <= 0:
+        raise argparse.ArgumentTypeError(f"sizes must be positive, got '{text}'")
+    return h, w
+
+
+# ---------------------------------------------------------------- commands
+
+def cmd_synth(args: argparse.Namespace) -> None:
+    from tqdm import tqdm
+
+    from cdkd_ray.coco.synth import synth_split
+
+    if args.train_images < 0 or args.val_images < 0:
+        raise CdkdError("--train-images and --val-images must be >= 0")
+    start = time.perf_counter()
+    counts = {}
+    total = args.train_images + args.val_images
+    with tqdm(total=total, desc="synth", unit="img", disable=None) as bar:
+        for split, n in (("train", args.train_images), ("val", args.val_images)):
+            doc = synth_split(args.out_dir, split, n, args.seed, workers=args.workers, progress=bar.update)
+            counts[split] = {"images": len(doc["images"]),
+                             "persons_with_keypoints": sum(1 for a in doc["annotations"] if a["num_keypoints"] > 0)}
+    seconds = time.perf_counter() - start
+    result = {"out_dir": os.path.abspath(args.out_dir), "splits": counts, "seconds": round(seconds, 3),
+              "images_per_second": round(total / seconds, 1) if seconds > 0 else None}
+
+    def human(r: dict) -> None:
+        for split, c in r["splits"].items():
+            print(f"{split}: {c['images']} images, {c['persons_with_keypoints']} people with keypoints")
+        print(f"wrote {r['out_dir']} ({r['images_per_second']} images/s)")
+
+    emit(result, args.json, human)
+
+
+def cmd_shard(args: argparse.Namespace) -> None:
+    from cdkd_ray.coco.shard import shard_coco
+
+    manifest = shard_coco(args.coco_json, args.image_dir, args.out_uri, split=args.split,
+                          rows_per_file=args.rows_per_file, skip_bad=args.skip_bad,
+                          s3_endpoint=args.s3_endpoint)
+    result = {k: manifest[k] for k in ("split", "num_images", "num_persons", "num_keypointed_persons",
+                                       "num_crowd", "total_bytes", "skipped_bad", "skipped_non_person")}
+    result["files"] = len(manifest["files"])
+    result["uri"] = args.out_uri.rstrip("/") + "/" + manifest["split"]
+
+    def human(r: dict) -> None:
+        for problem in manifest["problems"]:
+            print(f"skipped: {problem}", file=sys.stderr)
+        print(f"{r['uri']}: {r['num_images']} images, {r['num_persons']} person annotations "
+              f"({r['num_keypointed_persons']} with keypoints), {r['files']} file(s), "
+              f"{r['total_bytes'] / 1e6:.2f} MB; skipped {r['skipped_bad']} bad item(s), "
+              f"{r['skipped_non_person']} non-person annotation(s)")
+
+    emit(result, args.json, human)
+
+
+def cmd_shards_info(args: argparse.Namespace) -> None:
+    from cdkd_ray.coco.shard import shards_info
+
+    info = shards_info(args.uri, s3_endpoint=args.s3_endpoint, hashes=not args.quick)
+
+    def human(r: dict) -> None:
+        print(f"{r['root']}")
+        print(f"  {'split':<8}{'images':>8}{'persons':>9}{'w/ kpts':>9}{'crowd':>7}{'files':>7}"
+              f"{'MB':>9}  schema  source sha256   status")
+        for split, s in r["splits"].items():
+            status = "verified" if s["verified"] else "PROBLEMS"
+            print(f"  {split:<8}{s['num_images']:>8}{s['num_persons']:>9}{s['num_keypointed_persons']:>9}"
+                  f"{s['num_crowd']:>7}{s['num_files']:>7}{s['total_bytes'] / 1e6:>9.2f}  v{s['schema_version']:<6}"
+                  f"{s['source_annotation_sha256'][:12]}     {status}")
+            for problem in s["problems"]:
+                print(f"    - {problem}")
+
+    emit(info, args.json, human)
+    if not info["ok"]:
+        raise SystemExit(1)
+
+
+def cmd_quickstart(args: argparse.Namespace) -> None:
+    from cdkd_ray.quickstart import run_quickstart
+
+    summary = run_quickstart(args.workdir, args.preset)
+    emit(summary, args.json)
+
+
+# ---------------------------------------------------------------- parser
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cdkd-ray",
+        description="Channel-dropout knowledge distillation (CDKD) for human pose on Ray.")
+    from cdkd_ray import __version__
+
+    parser.add_argument("--version", action="version", version=f"cdkd-ray {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, func, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(func=func)
+        p.add_argument("--json", action="store_true", help="print the result as one JSON object on the last line")
+        return p
+
+    p = add("quickstart", cmd_quickstart,
+            "Run the whole chain on an embedded local Ray with a local folder as object store.")
+    p.add_argument("--workdir", default="cdkd-quickstart", help="where all outputs go (default: ./cdkd-quickstart)")
+    p.add_argument("--preset", choices=["tiny", "small"], default="small", help="size of the run (default: small)")
+
+    p = add("synth", cmd_synth, "Write a synthetic COCO-format person-keypoint dataset.")
+    p.add_argument("out_dir", metavar="OUT_DIR")
+    p.add_argument("--train-images", type=int, default=200)
+    p.add_argument("--val-images", type=int, default=50)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=1, help="processes to render with (default: 1)")
+
+    p = add("shard", cmd_shard, "Write COCO keypoint data as Parquet shards to a folder or s3://.")
+    p.add_argument("coco_json", metavar="COCO_JSON", help="person-keypoints annotation file")
+    p.add_argument("image_dir", metavar="IMAGE_DIR", help="folder holding the images named by file_name")
+    p.add_argument("out_uri", metavar="OUT_URI", help="shard root: a folder or s3://bucket/prefix")
+    p.add_argument("--split", help="split name (default: inferred from the file name: train/val)")
+    p.add_argument("--rows-per-file", type=int, default=1000, help="images per Parquet file (default: 1000)")
+    p.add_argument("--skip-bad", action="store_true", help="write the good items and a report of the bad ones")
+    p.add_argument("--s3-endpoint", help="S3 endpoint URL (default: $AWS_ENDPOINT_URL_S3 / $AWS_ENDPOINT_URL)")
+
+    p = add("shards-info", cmd_shards_info, "Print counts, schema and checksums of every split, verified.")
+    p.add_argument("uri", metavar="URI", help="shard root: a folder or s3://bucket/prefix")
+    p.add_argument("--quick", action="store_true", help="check Parquet metadata only, not file checksums")
+    p.add_argument("--s3-endpoint", help="S3 endpoint URL")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except CdkdError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""COCO person-keypoint data: constants, reading and validation, synthetic data, sharding."""

@@ -1,0 +1,1 @@
+"""Storage, transforms, heatmap targets and the Ray Data input pipeline."""

@@ -1,0 +1,1 @@
+"""Training on Ray Train and evaluation (decode, flip test, COCOeval)."""

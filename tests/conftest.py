@@ -1,0 +1,69 @@
+"""Shared fixtures: real COCO mini set, a synthetic set, a moto S3 server, one local Ray."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+COCO_MINI = REPO.parent / "shared" / "data" / "coco-val-mini"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def coco_mini() -> Path:
+    if not COCO_MINI.exists():
+        pytest.skip(f"real COCO mini set not found at {COCO_MINI}")
+    return COCO_MINI
+
+
+@pytest.fixture(scope="session")
+def synth_dir(tmp_path_factory) -> Path:
+    """A small synthetic COCO dataset shared by the session."""
+    from cdkd_ray.coco.synth import synth_split
+
+    out = tmp_path_factory.mktemp("synth")
+    synth_split(str(out), "train", 24, seed=3)
+    synth_split(str(out), "val", 12, seed=3)
+    return out
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3 endpoint (moto's server on loopback) with credentials in the environment."""
+    from moto.server import ThreadedMotoServer
+
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    yield endpoint
+    server.stop()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture
+def s3_bucket(s3_server) -> str:
+    """A fresh bucket on the moto server; returns its s3:// URI."""
+    import boto3
+
+    name = f"cdkd-{uuid.uuid4().hex[:10]}"
+    boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1").create_bucket(Bucket=name)
+    return f"s3://{name}"

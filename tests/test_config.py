@@ -1,0 +1,42 @@
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+import pytest
+
+from cdkd_ray.config import apply_overrides, from_dict, to_dict
+from cdkd_ray.errors import ConfigError
+
+
+@dataclass
+class Inner:
+    p: float = 0.5
+    mode: Literal["a", "b"] = "a"
+
+
+@dataclass
+class Outer:
+    size: tuple[int, int] = (256, 192)
+    steps: int = 3
+    name: Optional[str] = None
+    inner: Inner = field(default_factory=Inner)
+
+
+def test_overrides_are_typed_and_nested():
+    data = apply_overrides({}, ["inner.p=0.25", "size=128x96", "steps=7", "inner.mode=b"])
+    cfg = from_dict(Outer, data)
+    assert cfg.inner.p == 0.25 and cfg.size == (128, 96) and cfg.steps == 7 and cfg.inner.mode == "b"
+    assert to_dict(cfg)["size"] == [128, 96]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["inner.pp=1"], "unknown config key 'inner.pp' (did you mean 'p'?)"),
+    (["steps=abc"], "steps: expected an integer, got 'abc'"),
+    (["inner.mode=c"], "inner.mode: 'c' is not one of 'a', 'b'"),
+    (["size=1x2x3"], "size: expected 2 values"),
+    (["steps"], "not of the form key.sub=value"),
+    (["inner.p=.nan"], "inner.p: expected a finite number"),
+])
+def test_bad_configs_are_named(overrides, message):
+    with pytest.raises(ConfigError) as info:
+        from_dict(Outer, apply_overrides({}, overrides))
+    assert message in str(info.value)
