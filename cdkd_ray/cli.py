@@ -110,6 +110,48 @@ def cmd_shards_info(args: argparse.Namespace) -> None:
         raise SystemExit(1)
 
 
+def _data_config(args: argparse.Namespace):
+    from cdkd_ray.config import from_dict
+    from cdkd_ray.data.config import DataConfig
+
+    values = {}
+    if getattr(args, "input_size", None):
+        values["input_size"] = args.input_size
+        values["heatmap_size"] = (args.input_size[0] // 4, args.input_size[1] // 4)
+    if getattr(args, "heatmap_size", None):
+        values["heatmap_size"] = args.heatmap_size
+    for key in ("sigma", "decode"):
+        if getattr(args, key, None) is not None:
+            values[key] = getattr(args, key)
+    if getattr(args, "seed", None) is not None:
+        values["seed"] = args.seed
+    return from_dict(DataConfig, values, "data")
+
+
+def cmd_codec_check(args: argparse.Namespace) -> None:
+    from cdkd_ray.train.codec_check import codec_check
+    from cdkd_ray.train.coco_eval import format_stats_table
+
+    cfg = _data_config(args)
+    result = codec_check(args.uri, args.split, cfg, boxes_file=args.boxes, s3_endpoint=args.s3_endpoint)
+
+    def human(r: dict) -> None:
+        print(f"codec ceiling on {args.uri} [{args.split}], {r['instances']} instances, "
+              f"input {cfg.input_size[0]}x{cfg.input_size[1]} -> heatmap {cfg.heatmap_size[0]}x{cfg.heatmap_size[1]}, "
+              f"sigma {cfg.sigma}, decode {cfg.decode}, {r.get('protocol', '')}")
+        print(format_stats_table([("ground truth via codec", r["stats"])]))
+
+    emit(result, args.json, human)
+
+
+def cmd_show(args: argparse.Namespace) -> None:
+    from cdkd_ray.data.show import show_instances
+
+    result = show_instances(args.uri, args.split, _data_config(args), args.n, args.out, args.s3_endpoint)
+    print(f"wrote {result['out']} ({result['instances']} crops)")
+    emit(result, args.json)
+
+
 def cmd_quickstart(args: argparse.Namespace) -> None:
     from cdkd_ray.quickstart import run_quickstart
 
@@ -154,6 +196,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rows-per-file", type=int, default=1000, help="images per Parquet file (default: 1000)")
     p.add_argument("--skip-bad", action="store_true", help="write the good items and a report of the bad ones")
     p.add_argument("--s3-endpoint", help="S3 endpoint URL (default: $AWS_ENDPOINT_URL_S3 / $AWS_ENDPOINT_URL)")
+
+    p = add("codec-check", cmd_codec_check,
+            "AP ceiling of a heatmap resolution: ground truth through crop, encode, decode and back.")
+    p.add_argument("uri", metavar="URI", help="shard root: a folder or s3://bucket/prefix")
+    p.add_argument("--split", default="val")
+    p.add_argument("--input-size", type=_size, default=(256, 192), help="HxW (default 256x192)")
+    p.add_argument("--heatmap-size", type=_size, help="HxW (default: input / 4)")
+    p.add_argument("--sigma", type=float, help="Gaussian sigma in heatmap pixels (default 2)")
+    p.add_argument("--decode", choices=["argmax", "dark"], help="decoder (default argmax + quarter offset)")
+    p.add_argument("--boxes", help="COCO person detection results JSON (default: GT boxes)")
+    p.add_argument("--s3-endpoint", help="S3 endpoint URL")
+
+    p = add("show", cmd_show, "Picture of (augmented) training crops with skeletons and target heatmaps.")
+    p.add_argument("uri", metavar="URI", help="shard root: a folder or s3://bucket/prefix")
+    p.add_argument("--split", default="train")
+    p.add_argument("-n", type=int, default=16, help="number of crops (default 16)")
+    p.add_argument("--out", default="grid.png", help="PNG to write (default grid.png)")
+    p.add_argument("--input-size", type=_size, help="HxW (default 256x192)")
+    p.add_argument("--seed", type=int, help="augmentation seed (default 0)")
+    p.add_argument("--s3-endpoint", help="S3 endpoint URL")
 
     p = add("shards-info", cmd_shards_info, "Print counts, schema and checksums of every split, verified.")
     p.add_argument("uri", metavar="URI", help="shard root: a folder or s3://bucket/prefix")

@@ -41,7 +41,7 @@ def run_quickstart(workdir: str, preset_name: str = "small") -> dict:
     workdir = os.path.abspath(workdir)
     data_dir = os.path.join(workdir, "synth")
     shard_root = os.path.join(workdir, "shards")
-    stages = _Stages(3)
+    stages = _Stages(5)
 
     stages.begin(f"synthetic COCO dataset -> {data_dir}")
     with tqdm(total=preset.train_images + preset.val_images, desc="synth", unit="img", disable=None) as bar:
@@ -59,6 +59,20 @@ def run_quickstart(workdir: str, preset_name: str = "small") -> dict:
         print(f"  {split}: {s['num_images']} images, {s['num_keypointed_persons']} people with keypoints, "
               f"{'verified' if s['verified'] else 'PROBLEMS: ' + '; '.join(s['problems'])}")
 
+    from cdkd_ray.data.config import DataConfig
+    from cdkd_ray.data.show import show_instances
+    from cdkd_ray.train.codec_check import codec_check
+
+    data_cfg = DataConfig()
+    stages.begin("what the model is fed: augmented training crops with skeletons and target heatmaps")
+    grid_png = show_instances(shard_root, "train", data_cfg, 16, os.path.join(workdir, "train_crops.png"))["out"]
+    print(f"  {grid_png}")
+
+    stages.begin("codec ceiling: ground truth through crop -> heatmap -> decode -> COCOeval")
+    ceiling = codec_check(shard_root, "val", data_cfg)
+    print(f"  AP ceiling at {data_cfg.input_size[0]}x{data_cfg.input_size[1]} -> "
+          f"{data_cfg.heatmap_size[0]}x{data_cfg.heatmap_size[1]}: {ceiling['stats']['AP']:.3f}")
+
     summary = {
         "workdir": workdir,
         "preset": preset_name,
@@ -66,9 +80,12 @@ def run_quickstart(workdir: str, preset_name: str = "small") -> dict:
         "shards": shard_root,
         "splits": {k: {"images": v["num_images"], "persons": v["num_keypointed_persons"]}
                    for k, v in info["splits"].items()},
+        "train_crops_png": grid_png,
+        "codec_ceiling_ap": ceiling["stats"]["AP"],
         "seconds": round(time.perf_counter() - stages.started, 1),
     }
     print(f"\nquickstart done in {summary['seconds']}s")
     print(f"  synthetic COCO data: {data_dir}")
     print(f"  shards:              {shard_root}  (inspect: cdkd-ray shards-info {shard_root})")
+    print(f"  training crops:      {grid_png}")
     return summary

@@ -67,3 +67,31 @@ def s3_bucket(s3_server) -> str:
     name = f"cdkd-{uuid.uuid4().hex[:10]}"
     boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1").create_bucket(Bucket=name)
     return f"s3://{name}"
+
+
+@pytest.fixture(scope="session")
+def ray_session(s3_server):
+    """One local Ray for the whole session (started after the S3 env so workers inherit it)."""
+    import ray
+
+    os.environ.setdefault("RAY_DATA_PARQUET_FOOTER_NUM_ACTORS", "1")
+    ray.init(num_cpus=8, include_dashboard=False, object_store_memory=512 * 1024 * 1024,
+             _node_ip_address="127.0.0.1", log_to_driver=False,
+             runtime_env={"env_vars": {"RAY_DATA_PARQUET_FOOTER_NUM_ACTORS": "1"}})
+    import ray.data
+
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def synth_shards(synth_dir, tmp_path_factory) -> str:
+    """The session's synthetic set, sharded to a local folder (train and val)."""
+    from cdkd_ray.coco.shard import shard_coco
+
+    root = tmp_path_factory.mktemp("shards")
+    for split in ("train", "val"):
+        shard_coco(str(synth_dir / "annotations" / f"person_keypoints_{split}.json"), str(synth_dir / split),
+                   str(root), split=split, rows_per_file=10, show_progress=False)
+    return str(root)

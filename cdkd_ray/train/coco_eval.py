@@ -61,9 +61,51 @@ def format_stats_table(rows: Iterable[tuple[str, dict]]) -> str:
     return "\n".join(lines)
 
 
-def oks_iou(kpts_a: np.ndarray, kpts_b: np.ndarray, area: float, sigmas: np.ndarray) -> float:
-    """OKS between two [17,3] keypoint sets (b's visibility as in COCO ground truth)."""
+def oks_matrix(kpts: np.ndarray, areas: np.ndarray, sigmas: np.ndarray) -> np.ndarray:
+    """Pairwise OKS [M,M] between M predicted poses [M,K,3] (areas as object scale)."""
     var = (sigmas * 2) ** 2
-    d2 = ((kpts_a[:, :2] - kpts_b[:, :2]) ** 2).sum(-1)
-    e = d2 / var / (area + np.spacing(1)) / 2
-    return float(np.mean(np.exp(-e)))
+    d2 = ((kpts[:, None, :, :2] - kpts[None, :, :, :2]) ** 2).sum(-1)  # [M,M,K]
+    area = (areas[:, None] + areas[None, :]) / 2
+    e = d2 / var / (area[..., None] + np.spacing(1)) / 2
+    return np.exp(-e).mean(-1)
+
+
+def oks_nms(kpts: np.ndarray, scores: np.ndarray, areas: np.ndarray, threshold: float, sigmas: np.ndarray) -> list[int]:
+    """Greedy OKS non-maximum suppression; returns kept indices, best first."""
+    order = np.argsort(-scores)
+    oks = oks_matrix(kpts, areas, sigmas)
+    keep: list[int] = []
+    suppressed = np.zeros(len(scores), bool)
+    for i in order:
+        if suppressed[i]:
+            continue
+        keep.append(int(i))
+        suppressed |= oks[i] > threshold
+    return keep
+
+
+def rescore(keypoint_scores: np.ndarray, box_scores: np.ndarray, threshold: float = 0.2) -> np.ndarray:
+    """Person score: box score x mean of the keypoint scores above `threshold` (SimpleBaseline)."""
+    above = keypoint_scores > threshold
+    mean = np.where(above.any(1), (keypoint_scores * above).sum(1) / np.maximum(above.sum(1), 1), 0.0)
+    return box_scores * mean
+
+
+def predictions_to_results(keypoints: np.ndarray, keypoint_scores: np.ndarray, image_ids: np.ndarray,
+                           box_scores: np.ndarray, areas: np.ndarray, nms_threshold: float = 0.9,
+                           rescore_threshold: float = 0.2) -> list[dict]:
+    """COCO keypoint results from image-space predictions: rescoring, then OKS-NMS per image."""
+    from cdkd_ray.coco.keypoints import OKS_SIGMAS
+
+    scores = rescore(keypoint_scores, box_scores, rescore_threshold)
+    poses = np.concatenate([keypoints, keypoint_scores[..., None]], -1)
+    results = []
+    for image_id in np.unique(image_ids):
+        idx = np.nonzero(image_ids == image_id)[0]
+        keep = oks_nms(poses[idx], scores[idx], areas[idx], nms_threshold, OKS_SIGMAS) if nms_threshold < 1 else range(len(idx))
+        for j in keep:
+            i = idx[j]
+            results.append({"image_id": int(image_id), "category_id": 1,
+                            "keypoints": [round(float(v), 3) for v in poses[i].reshape(-1)],
+                            "score": float(scores[i])})
+    return results

@@ -1,0 +1,109 @@
+import numpy as np
+import pytest
+
+from cdkd_ray.coco.keypoints import FLIP_PAIRS
+from cdkd_ray.data.heatmaps import crop_to_image, decode_heatmaps, encode_heatmaps, flip_back, heatmap_to_input
+from cdkd_ray.data.transforms import (
+    apply_affine, box_to_center_scale, crop_affine, flip_joints_order, half_body_center_scale,
+)
+
+IN, HM = (256, 192), (64, 48)
+
+
+def random_people(rng, n=64):
+    boxes = np.stack([rng.uniform(0, 300, n), rng.uniform(0, 300, n), rng.uniform(40, 200, n), rng.uniform(80, 300, n)], 1)
+    joints = boxes[:, None, :2] + rng.uniform(0.05, 0.95, (n, 17, 2)) * boxes[:, None, 2:]
+    return boxes.astype(np.float32), joints.astype(np.float32)
+
+
+def round_trip(joints, boxes, method, subpixel, sigma=2.0):
+    center, scale = box_to_center_scale(boxes, IN[1] / IN[0])
+    mat = crop_affine(center, scale, np.zeros(len(boxes)), IN)
+    crop = apply_affine(joints, mat)
+    target, weight = encode_heatmaps(crop, np.ones(crop.shape[:2]), IN, HM, sigma, subpixel)
+    coords, _ = decode_heatmaps(target, method)
+    back = crop_to_image(heatmap_to_input(coords, IN, HM), center, scale, IN)
+    # error measured in input-crop pixels
+    err_input = np.linalg.norm(apply_affine(back, mat) - crop, axis=-1)
+    return err_input, weight
+
+
+def test_round_trip_subpixel_dark_within_half_pixel():
+    boxes, joints = random_people(np.random.default_rng(0))
+    err, weight = round_trip(joints, boxes, "dark", subpixel=True)
+    assert weight.all()
+    assert err.max() < 0.5, err.max()
+
+
+def test_round_trip_argmax_within_quantisation():
+    boxes, joints = random_people(np.random.default_rng(1))
+    err, _ = round_trip(joints, boxes, "argmax", subpixel=False)
+    stride = IN[0] / HM[0]
+    # nearest-pixel encoding + quarter offset: at most half a heatmap pixel per axis (+0.25 shift)
+    assert err.max() <= stride * 0.75 * np.sqrt(2) + 1e-3
+    assert err.mean() < stride * 0.5
+
+
+def test_targets_peak_one_and_weights_zero_off_map():
+    joints = np.array([[[10.0, 20.0], [-40.0, 5.0], [100.0, 300.0], [50.0, 60.0]]], np.float32)
+    vis = np.array([[2, 2, 2, 0]])
+    target, weight = encode_heatmaps(joints, vis, IN, HM, 2.0)
+    assert weight.tolist() == [[1, 0, 0, 0]]
+    assert target[0, 0].max() == pytest.approx(1.0)
+    assert np.unravel_index(target[0, 0].argmax(), HM) == (5, 3)  # (20/4, 10/4 rounded half up)
+    assert target[0, 1:].max() == 0
+
+
+def test_flip_twice_is_identity_and_pairs_swap():
+    rng = np.random.default_rng(2)
+    hm = rng.random((3, 17, 8, 6)).astype(np.float32)
+    assert np.array_equal(flip_back(flip_back(hm, shift=False), shift=False), hm)
+    once = flip_back(hm, shift=False)
+    for a, b in FLIP_PAIRS:
+        assert np.array_equal(once[:, a], hm[:, b, :, ::-1])
+    joints = rng.random((4, 17, 3))
+    flips = np.array([True, False, True, True])
+    twice = flip_joints_order(flip_joints_order(joints, flips), flips)
+    assert np.array_equal(twice, joints)
+    swapped = flip_joints_order(joints, flips)
+    assert np.array_equal(swapped[0, 5], joints[0, 6]) and np.array_equal(swapped[1], joints[1])
+
+
+def test_flip_back_matches_torch():
+    import torch
+
+    hm = np.random.default_rng(3).random((2, 17, 8, 6)).astype(np.float32)
+    assert np.allclose(flip_back(torch.from_numpy(hm)).numpy(), flip_back(hm))
+
+
+def test_flipped_crop_mirrors_points():
+    boxes, joints = random_people(np.random.default_rng(4), 8)
+    center, scale = box_to_center_scale(boxes, 0.75)
+    rot = np.zeros(8)
+    plain = apply_affine(joints, crop_affine(center, scale, rot, IN))
+    mirrored = apply_affine(joints, crop_affine(center, scale, rot, IN, np.ones(8, bool)))
+    assert np.allclose(mirrored[..., 0], IN[1] - 1 - plain[..., 0], atol=1e-4)
+    assert np.allclose(mirrored[..., 1], plain[..., 1], atol=1e-4)
+
+
+def test_box_to_center_scale_fixes_aspect_and_pads():
+    center, scale = box_to_center_scale(np.array([[10, 20, 30, 100], [0, 0, 200, 50]], np.float32), 0.75)
+    assert center.tolist() == [[25, 70], [100, 25]]
+    assert np.allclose(scale, [[75 * 1.25, 100 * 1.25], [200 * 1.25, 200 / 0.75 * 1.25]])
+
+
+def test_half_body_crop_contains_the_chosen_joints():
+    rng = np.random.default_rng(5)
+    boxes, xy = random_people(rng, 200)
+    joints = np.concatenate([xy, np.full((200, 17, 1), 2.0, np.float32)], -1)
+    joints[:20, :, 2] = 0  # too few visible joints: never half-body
+    joints[:20, :5, 2] = 2
+    center, scale, applied = half_body_center_scale(joints, np.ones(200, bool), rng, 0.75)
+    assert not applied[:20].any() and applied[20:].all()
+    mat = crop_affine(center[applied], scale[applied], np.zeros(applied.sum()), IN)
+    inside_crop = apply_affine(joints[applied, :, :2], mat)
+    inside = (inside_crop[..., 0] >= 0) & (inside_crop[..., 0] <= IN[1]) & (inside_crop[..., 1] >= 0) & (inside_crop[..., 1] <= IN[0])
+    upper_in = inside[:, :11].all(1)
+    lower_in = inside[:, 11:].all(1)
+    assert (upper_in | lower_in).all()  # the chosen half is fully inside the crop
+    assert not (upper_in & lower_in).all()  # and it really is a half-body crop for most

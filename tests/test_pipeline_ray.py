@@ -1,0 +1,81 @@
+import numpy as np
+import pytest
+
+from cdkd_ray.coco.shard import shard_coco
+from cdkd_ray.data.config import DataConfig
+from cdkd_ray.data.pipeline import build_dataset
+
+CFG = DataConfig(input_size=(128, 96), heatmap_size=(32, 24), sigma=1.0, images_per_block=4)
+
+
+def check_batch(batch, cfg=CFG):
+    n = len(batch["image_id"])
+    assert batch["image"].shape == (n, 3, *cfg.input_size) and batch["image"].dtype == np.uint8
+    assert batch["target"].shape == (n, 17, *cfg.heatmap_size) and batch["target"].dtype == np.float32
+    assert batch["target_weight"].shape == (n, 17)
+    assert batch["center"].shape == (n, 2) and batch["scale"].shape == (n, 2) and batch["score"].shape == (n,)
+
+
+def count_instances(doc):
+    return sum(1 for a in doc["annotations"] if a["num_keypoints"] > 0 and not a["iscrowd"])
+
+
+@pytest.mark.timeout(300)
+def test_local_and_s3_shards_yield_the_same_instances(ray_session, synth_dir, synth_shards, s3_bucket, s3_server):
+    import json
+
+    uri = f"{s3_bucket}/coco"
+    shard_coco(str(synth_dir / "annotations" / "person_keypoints_val.json"), str(synth_dir / "val"), uri,
+               split="val", rows_per_file=5, show_progress=False)
+    doc = json.loads((synth_dir / "annotations" / "person_keypoints_val.json").read_text())
+    local = build_dataset(synth_shards, "val", CFG).take_all()
+    remote = build_dataset(uri, "val", CFG).take_all()
+    assert len(local) == len(remote) == count_instances(doc)
+    key = lambda r: (r["image_id"], tuple(r["center"]))  # noqa: E731
+    for a, b in zip(sorted(local, key=key), sorted(remote, key=key)):
+        assert np.array_equal(a["image"], b["image"]) and np.array_equal(a["target"], b["target"])
+    batch = next(iter(build_dataset(uri, "val", CFG).iter_batches(batch_size=8, batch_format="numpy")))
+    check_batch(batch)
+
+
+@pytest.mark.timeout(300)
+def test_train_stream_is_augmented_and_torch_ready(ray_session, synth_shards):
+    import torch
+
+    ds = build_dataset(synth_shards, "train", CFG)
+    batches = list(ds.iter_torch_batches(batch_size=16))
+    assert all(b["image"].dtype == torch.uint8 for b in batches)
+    val = build_dataset(synth_shards, "train", CFG, train=False).take_all()
+    train = [r for b in batches for r in zip(b["image_id"].tolist(), b["scale"].tolist())]
+    assert len(train) == len(val)
+    val_scales = sorted(tuple(r["scale"]) for r in val)
+    assert sorted(tuple(s) for _, s in train) != val_scales  # scale augmentation happened
+
+
+@pytest.mark.timeout(300)
+def test_corrupt_image_in_shard_is_reported_by_id(ray_session, synth_dir, tmp_path, caplog):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    root = tmp_path / "shards"
+    shard_coco(str(synth_dir / "annotations" / "person_keypoints_val.json"), str(synth_dir / "val"), str(root),
+               split="val", show_progress=False)
+    part = root / "val" / "part-00000.parquet"
+    table = pq.read_table(part)
+    images = table.column("image").to_pylist()
+    bad_id = table.column("image_id")[0].as_py()
+    images[0] = images[0][:200]  # header only: undecodable
+    table = table.set_column(table.schema.get_field_index("image"), "image", pa.array(images, pa.binary()))
+    pq.write_table(table, part)
+    from cdkd_ray.data.instances import build_instances, rows_from_arrow
+    from cdkd_ray.errors import DataValidationError
+
+    skip = build_instances(rows_from_arrow(table), CFG, train=False)
+    assert bad_id not in skip["image_id"].tolist() and len(skip["image_id"]) > 0
+    assert f"image id={bad_id}" in caplog.text
+    with pytest.raises(DataValidationError, match=f"image id={bad_id}"):
+        build_instances(rows_from_arrow(table), DataConfig(input_size=(128, 96), heatmap_size=(32, 24),
+                                                           on_bad_image="fail"), train=False)
+    fail_cfg = DataConfig(input_size=(128, 96), heatmap_size=(32, 24), on_bad_image="fail")
+    with pytest.raises(Exception, match=f"image id={bad_id}"):
+        build_dataset(str(root), "val", fail_cfg).take_all()
