@@ -152,6 +152,33 @@ def cmd_show(args: argparse.Namespace) -> None:
     emit(result, args.json)
 
 
+def cmd_model_info(args: argparse.Namespace) -> None:
+    from cdkd_ray.models.info import model_info
+
+    result = model_info(args.arch_or_config, args.input_size, args.overrides)
+
+    def human(r: dict) -> None:
+        print(f"input {r['input_size'][0]}x{r['input_size'][1]}")
+        print(f"  {'model':<62}{'parameters':>14}{'GFLOPs':>10}")
+        for name, m in r["models"].items():
+            print(f"  {name:<62}{m['parameters']:>14,}{m['flops'] / 1e9:>10.3f}")
+
+    emit(result, args.json, human)
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from cdkd_ray.models.export import export_student
+
+    result = export_student(args.checkpoint, args.out, onnx=args.onnx or args.onnx_decode, onnx_decode=args.onnx_decode,
+                            opset=args.opset)
+
+    def human(r: dict) -> None:
+        print(f"student exported to {r['out']}: {r['parameters']:,} parameters, {r['flops'] / 1e9:.3f} GFLOPs"
+              + (f", ONNX {r['onnx']}" if r["onnx"] else ""))
+
+    emit(result, args.json, human)
+
+
 def cmd_quickstart(args: argparse.Namespace) -> None:
     from cdkd_ray.quickstart import run_quickstart
 
@@ -216,6 +243,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-size", type=_size, help="HxW (default 256x192)")
     p.add_argument("--seed", type=int, help="augmentation seed (default 0)")
     p.add_argument("--s3-endpoint", help="S3 endpoint URL")
+
+    p = add("model-info", cmd_model_info, "Parameters and FLOPs of the student, the teacher and train-only modules.")
+    p.add_argument("arch_or_config", metavar="ARCH_OR_CONFIG",
+                   help="resnet18..resnet152, a preset name (tiny, synth-cpu, coco-r18-256x192) or a YAML file")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. distill.student_tap=layer3")
+    p.add_argument("--input-size", type=_size, help="HxW (default: the config's, or 256x192)")
+
+    p = add("export", cmd_export, "Export the student from a checkpoint: student.pt + model_card.json (+ ONNX).")
+    p.add_argument("checkpoint", metavar="CKPT", help="a cdkd-ray checkpoint directory")
+    p.add_argument("--out", required=True, help="output directory (replaced atomically)")
+    p.add_argument("--onnx", action="store_true", help="also write student.onnx (opset >= 17, dynamic batch)")
+    p.add_argument("--onnx-decode", action="store_true", help="ONNX outputs keypoints + scores instead of heatmaps")
+    p.add_argument("--opset", type=int, default=17)
 
     p = add("shards-info", cmd_shards_info, "Print counts, schema and checksums of every split, verified.")
     p.add_argument("uri", metavar="URI", help="shard root: a folder or s3://bucket/prefix")

@@ -1,0 +1,1 @@
+"""CDKD: losses with channel dropout, train-only modules, the teacher stage."""

@@ -1,0 +1,1 @@
+"""SimpleBaseline pose ResNets, checkpoint import/export."""
