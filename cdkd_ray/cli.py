@@ -179,6 +179,44 @@ def cmd_export(args: argparse.Namespace) -> None:
     emit(result, args.json, human)
 
 
+def _train_command(args: argparse.Namespace, mode: str) -> None:
+    from cdkd_ray.config import load_config
+    from cdkd_ray.train.config import ExperimentConfig
+    from cdkd_ray.train.run import default_run_name, run_training, summary_line
+
+    cfg = load_config(ExperimentConfig, args.config, args.overrides)
+    name = args.name or default_run_name(mode, cfg)
+    summary = run_training(cfg, mode, args.data, args.storage, name, getattr(args, "teacher", None),
+                           s3_endpoint=args.s3_endpoint, ray_address=args.address)
+
+    def human(r: dict) -> None:
+        print(summary_line(r))
+        print(f"  curves: {r['curves_png']}   metrics: {r['metrics_jsonl']}   tensorboard: {r['tensorboard']}")
+
+    emit(summary, args.json, human)
+
+
+def cmd_train_teacher(args: argparse.Namespace) -> None:
+    _train_command(args, "teacher")
+
+
+def cmd_distill(args: argparse.Namespace) -> None:
+    _train_command(args, "distill")
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    from cdkd_ray.config import from_dict
+    from cdkd_ray.serve.app import ServeConfig
+    from cdkd_ray.serve.deploy import run_serve
+
+    values = {"model_uri": args.model, "min_replicas": args.min_replicas,
+              "max_replicas": max(args.max_replicas, args.min_replicas)}
+    from cdkd_ray.config import apply_overrides
+
+    cfg = from_dict(ServeConfig, apply_overrides(values, args.overrides), "serve")
+    run_serve(cfg, args.host, args.port, address=args.address, block=True)
+
+
 def cmd_quickstart(args: argparse.Namespace) -> None:
     from cdkd_ray.quickstart import run_quickstart
 
@@ -243,6 +281,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-size", type=_size, help="HxW (default 256x192)")
     p.add_argument("--seed", type=int, help="augmentation seed (default 0)")
     p.add_argument("--s3-endpoint", help="S3 endpoint URL")
+
+    def training_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.epochs=20")
+        p.add_argument("--config", default="synth-cpu",
+                       help="preset (tiny, synth-cpu, coco-r18-256x192) or YAML path/s3:// URI (default synth-cpu)")
+        p.add_argument("--data", required=True, help="shard root holding train/ and val/ (folder or s3://)")
+        p.add_argument("--storage", required=True, help="where runs and checkpoints go (folder or s3://)")
+        p.add_argument("--name", help="run name; re-running the same name resumes it")
+        p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
+        p.add_argument("--s3-endpoint", help="S3 endpoint URL")
+
+    p = add("train-teacher", cmd_train_teacher, "Supervised pose training of the teacher (teacher.arch) on Ray Train.")
+    training_args(p)
+    p = add("distill", cmd_distill,
+            "CDKD distillation of the student on Ray Train (distill.enabled=false: the plain baseline).")
+    training_args(p)
+    p.add_argument("--teacher", help="teacher checkpoint: a cdkd-ray run checkpoint, export, or external file")
+
+    p = add("serve", cmd_serve, "Serve a student export over HTTP with Ray Serve (batching, autoscaling).")
+    p.add_argument("model", metavar="MODEL_DIR_OR_URI", help="a student export folder (cdkd-ray export) or s3:// URI")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="ServeConfig overrides, e.g. max_batch_size=32 target_ongoing_requests=2")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--min-replicas", type=int, default=1)
+    p.add_argument("--max-replicas", type=int, default=2)
+    p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
 
     p = add("model-info", cmd_model_info, "Parameters and FLOPs of the student, the teacher and train-only modules.")
     p.add_argument("arch_or_config", metavar="ARCH_OR_CONFIG",

@@ -11,9 +11,17 @@ from cdkd_ray.data.config import DataConfig
 from cdkd_ray.data.instances import build_instances, load_detections, rows_from_arrow
 
 
+def execution_index() -> int:
+    """How many times this dataset has been executed before: the epoch of a streaming pipeline."""
+    from ray.data import DataContext
+
+    return int(getattr(DataContext.get_current(), "_execution_idx", 0))
+
+
 def _instances_udf(batch, cfg: DataConfig, train: bool, epoch: int,
                    detections: Optional[dict[int, np.ndarray]]) -> dict[str, np.ndarray]:
-    return build_instances(rows_from_arrow(batch), cfg, train, epoch, detections)
+    # Augmentation is seeded by (seed, epoch, image ids): every epoch differs, every run repeats.
+    return build_instances(rows_from_arrow(batch), cfg, train, epoch + execution_index(), detections)
 
 
 def build_dataset(uri: str, split: str, cfg: DataConfig, train: bool | None = None, epoch: int = 0,
@@ -31,10 +39,12 @@ def build_dataset(uri: str, split: str, cfg: DataConfig, train: bool | None = No
     location, paths = shard_files(uri, split, s3_endpoint)
     detections_file = detections_file or (None if train else cfg.detections)
     detections = load_detections(detections_file, cfg.det_score_threshold) if detections_file else None
-    ds = ray.data.read_parquet(
-        paths, filesystem=location.fs if location.is_remote else None,
-        shuffle="files" if shuffle_files else None,
-    )
+    shuffle = None
+    if shuffle_files:
+        from ray.data import FileShuffleConfig
+
+        shuffle = FileShuffleConfig(seed=cfg.seed) if cfg.seed is not None else "files"
+    ds = ray.data.read_parquet(paths, filesystem=location.fs if location.is_remote else None, shuffle=shuffle)
     return ds.map_batches(
         _instances_udf,
         fn_kwargs={"cfg": cfg, "train": train, "epoch": epoch, "detections": detections},

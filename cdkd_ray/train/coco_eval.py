@@ -15,10 +15,34 @@ from pycocotools.cocoeval import COCOeval
 STAT_NAMES = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
 
 
+@contextlib.contextmanager
+def quiet_pycocotools(enabled: bool = True):
+    """Silence pycocotools' prints (module-level, so it also works in Ray's worker threads)."""
+    import pycocotools.coco
+    import pycocotools.cocoeval
+
+    if not enabled:
+        yield
+        return
+    modules = (pycocotools.coco, pycocotools.cocoeval)
+    saved = [m.__dict__.get("print") for m in modules]
+    for m in modules:
+        m.print = lambda *args, **kwargs: None
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        for m, old in zip(modules, saved):
+            if old is None:
+                del m.print
+            else:
+                m.print = old
+
+
 def load_coco_gt(annotations: dict | str) -> COCO:
     """A pycocotools COCO object from a dict or a JSON path, built quietly."""
     coco = COCO()
-    with contextlib.redirect_stdout(io.StringIO()):
+    with quiet_pycocotools():
         if isinstance(annotations, str):
             with open(annotations) as f:
                 annotations = json.load(f)
@@ -41,8 +65,7 @@ def evaluate_keypoints(gt: COCO | dict | str, results: list[dict], verbose: bool
     coco = gt if isinstance(gt, COCO) else load_coco_gt(gt)
     if not results:
         return {name: 0.0 for name in STAT_NAMES}
-    sink = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
-    with sink:
+    with quiet_pycocotools(not verbose):
         dets = coco.loadRes(copy.deepcopy(results))
         ev = COCOeval(coco, dets, "keypoints")
         ev.params.imgIds = sorted({r["image_id"] for r in results} | set(coco.getImgIds()))

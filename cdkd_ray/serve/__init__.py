@@ -1,0 +1,1 @@
+"""Ray Serve: the exported student as an autoscaling, batching HTTP endpoint."""

@@ -1,0 +1,152 @@
+"""Real HTTP against a locally running Serve app (one per session)."""
+
+import asyncio
+import json
+import struct
+
+import cv2
+import httpx
+import numpy as np
+import pytest
+import torch
+
+from cdkd_ray.models.checkpoints import load_pose_model
+from cdkd_ray.models.inference import predict_keypoints
+from tests.conftest import _free_port
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture(scope="module")
+def student_export(tmp_path_factory) -> str:
+    from cdkd_ray.distill.losses import DistillStudent
+    from cdkd_ray.models.export import export_student
+    from cdkd_ray.models.pose_resnet import ModelConfig, PoseResNet
+    from cdkd_ray.train.checkpoint import save_checkpoint
+
+    tmp = tmp_path_factory.mktemp("student")
+    torch.manual_seed(7)
+    module = DistillStudent(PoseResNet(ModelConfig()), None)
+    save_checkpoint(str(tmp / "ckpt"), module.state_dict(), None, {
+        "epoch": 0, "metrics": {"AP": 0.1}, "config": {"data": {"input_size": [128, 96], "heatmap_size": [32, 24]}}})
+    export_student(str(tmp / "ckpt"), str(tmp / "export"))
+    return str(tmp / "export")
+
+
+@pytest.fixture(scope="module")
+def server(ray_session, student_export):
+    from ray import serve
+
+    from cdkd_ray.serve.app import ServeConfig
+    from cdkd_ray.serve.deploy import APP_NAME, run_serve
+
+    port = _free_port()
+    cfg = ServeConfig(model_uri=student_export, min_replicas=2, max_replicas=2, max_batch_size=16,
+                      batch_wait_timeout_s=0.05, num_cpus=0.5, max_boxes=8)
+    url = run_serve(cfg, "127.0.0.1", port)
+    yield url, serve.get_deployment_handle("PoseModel", app_name=APP_NAME)
+    serve.delete(APP_NAME)
+
+
+def jpeg(path) -> bytes:
+    return path.read_bytes()
+
+
+def direct(export: str, image_path, boxes: np.ndarray) -> np.ndarray:
+    """The same prediction by calling the model directly (no HTTP, no Serve)."""
+    from cdkd_ray.data.transforms import box_to_center_scale, crop_affine, warp_crops
+
+    loaded = load_pose_model(export)
+    image = cv2.imread(str(image_path))
+    center, scale = box_to_center_scale(boxes[:, :4], 96 / 128)
+    mat = crop_affine(center, scale, np.zeros(len(boxes)), (128, 96))
+    crops = warp_crops([np.ascontiguousarray(image[:, :, ::-1])], np.zeros(len(boxes), int), mat, (128, 96))
+    kpts, scores = predict_keypoints(loaded.model.eval(), torch.from_numpy(crops.transpose(0, 3, 1, 2).copy()),
+                                     center, scale, (128, 96))
+    return np.concatenate([kpts, scores[..., None]], -1)
+
+
+def test_endpoint_equals_direct_model_call(server, student_export, coco_mini):
+    url, _ = server
+    ann = json.loads((coco_mini / "person_keypoints_val_mini.json").read_text())
+    for image in ann["images"]:
+        path = coco_mini / "images" / image["file_name"]
+        boxes = [a["bbox"] + [1.0] for a in ann["annotations"] if a["image_id"] == image["id"]][:8]
+        r = httpx.post(f"{url}/v1/keypoints", content=jpeg(path), params={"boxes": json.dumps(boxes)},
+                       headers={"content-type": "image/jpeg"}, timeout=60)
+        assert r.status_code == 200, r.text
+        got = np.array([p["keypoints"] for p in r.json()["persons"]])
+        assert got.shape == (len(boxes), 17, 3)
+        assert np.abs(got - direct(student_export, path, np.array(boxes, np.float32))).max() < 0.02
+        whole = httpx.post(f"{url}/v1/keypoints", files={"image": (image["file_name"], jpeg(path), "image/jpeg")},
+                           data={"flip_test": "false"}, timeout=60).json()
+        assert whole["persons"][0]["box"] == [0, 0, image["width"], image["height"]]
+        expected = direct(student_export, path, np.array([[0, 0, image["width"], image["height"], 1]], np.float32))
+        assert np.abs(np.array(whole["persons"][0]["keypoints"]) - expected[0]).max() < 0.02
+    card = httpx.get(f"{url}/v1/model").json()
+    assert card["input_size"] == [128, 96] and card["arch"] == "resnet18"
+    render = httpx.post(f"{url}/v1/keypoints/render", content=jpeg(path), headers={"content-type": "image/jpeg"})
+    assert render.headers["content-type"] == "image/png"
+    assert cv2.imdecode(np.frombuffer(render.content, np.uint8), 1).shape[:2] == (image["height"], image["width"])
+
+
+def test_concurrent_requests_are_batched(server, coco_mini):
+    url, handle = server
+    data = jpeg(coco_mini / "images" / "000000000785.jpg")
+
+    async def burst():
+        async with httpx.AsyncClient(timeout=120) as client:
+            return await asyncio.gather(*[
+                client.post(f"{url}/v1/keypoints", content=data, headers={"content-type": "image/jpeg"},
+                            params={"flip_test": str(i % 2 == 0).lower()}) for i in range(64)])
+
+    responses = asyncio.run(burst())
+    assert [r.status_code for r in responses] == [200] * 64
+    stats = [handle.stats.remote().result() for _ in range(6)]
+    assert max(s["max_requests"] for s in stats) > 1
+
+
+def _jpeg_header_with_size(width: int, height: int) -> bytes:
+    """A JPEG whose frame header declares a huge size (a decompression bomb's header)."""
+    sof = b"\xff\xc0" + struct.pack(">HBHHB", 11, 8, height, width, 1) + b"\x01\x11\x00"
+    return b"\xff\xd8" + sof + b"\xff\xd9"
+
+
+def test_bad_requests_get_4xx_and_the_service_stays_up(server, coco_mini):
+    url, _ = server
+    good = jpeg(coco_mini / "images" / "000000000785.jpg")
+    corpus = {
+        "truncated jpeg": dict(content=good[:4000], headers={"content-type": "image/jpeg"}),
+        "not an image": dict(content=b"hello world" * 10, headers={"content-type": "image/jpeg"}),
+        "empty body": dict(content=b"", headers={"content-type": "image/jpeg"}),
+        "huge declared size": dict(content=_jpeg_header_with_size(60000, 60000), headers={"content-type": "image/jpeg"}),
+        "negative box": dict(content=good, headers={"content-type": "image/jpeg"}, params={"boxes": "[[10, 10, -5, 20]]"}),
+        "nan box": dict(content=good, headers={"content-type": "image/jpeg"}, params={"boxes": "[[10, 10, NaN, 20]]"}),
+        "box outside": dict(content=good, headers={"content-type": "image/jpeg"}, params={"boxes": "[[5000, 5000, 10, 10]]"}),
+        "too many boxes": dict(content=good, headers={"content-type": "image/jpeg"},
+                               params={"boxes": json.dumps([[0, 0, 10, 10]] * 9)}),
+        "boxes not json": dict(content=good, headers={"content-type": "image/jpeg"}, params={"boxes": "[[1,2"}),
+        "wrong content type": dict(content=good, headers={"content-type": "text/plain"}),
+        "multipart without image": dict(data={"boxes": "[[0,0,10,10]]"}, files={"other": ("x", b"1")}),
+        "bad flip flag": dict(content=good, headers={"content-type": "image/jpeg"}, params={"flip_test": "maybe"}),
+    }
+    for name, kwargs in corpus.items():
+        r = httpx.post(f"{url}/v1/keypoints", timeout=30, **kwargs)
+        assert 400 <= r.status_code < 500, (name, r.status_code, r.text)
+        assert r.json()["error"], name
+    assert httpx.get(f"{url}/healthz").json()["status"] == "ok"
+    assert httpx.post(f"{url}/v1/keypoints", content=good, headers={"content-type": "image/jpeg"}).status_code == 200
+
+
+def test_killing_a_replica_does_not_fail_later_requests(server, coco_mini):
+    import ray
+
+    url, _ = server
+    good = jpeg(coco_mini / "images" / "000000000785.jpg")
+    names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+             if "PoseModel" in a["name"] and a["namespace"] == "serve"]
+    assert names
+    ray.kill(ray.get_actor(names[0], namespace="serve"), no_restart=True)
+    codes = [httpx.post(f"{url}/v1/keypoints", content=good, headers={"content-type": "image/jpeg"}, timeout=60).status_code
+             for _ in range(10)]
+    assert codes == [200] * 10
