@@ -42,7 +42,7 @@ def test_distill_local_then_resume_and_outputs(ray_session, synth_shards, teache
     assert [r["epoch"] for r in rows] == [0, 1]
     for r in rows:
         assert {"loss", "loss_gt", "loss_inter", "loss_final", "AP", "AP50", "AR", "lr", "data_digest"} <= r.keys()
-        assert r["steps"] == 4 and r["loss"] > r["loss_gt"] > 0
+        assert 2 <= r["steps"] <= 4 and r["loss"] > r["loss_gt"] > 0
     run_dir = first["run_dir"]
     assert os.path.getsize(os.path.join(run_dir, "curves.png")) > 5000
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(run_dir, "tensorboard")))
