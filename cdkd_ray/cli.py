@@ -217,6 +217,25 @@ def cmd_serve(args: argparse.Namespace) -> None:
     run_serve(cfg, args.host, args.port, address=args.address, block=True)
 
 
+def cmd_sweep(args: argparse.Namespace) -> None:
+    from cdkd_ray.tune.sweep import load_sweep_config, run_sweep
+
+    sweep = load_sweep_config(args.config, args.overrides)
+    result = run_sweep(sweep, args.data, args.storage, args.name, args.teacher, resume=args.resume,
+                       s3_endpoint=args.s3_endpoint, ray_address=args.address)
+
+    def human(r: dict) -> None:
+        keys = list(sweep.search)
+        print(f"{'trial':<12}" + "".join(f"{k.split('.')[-1][:14]:>15}" for k in keys) + f"{'AP':>9}{'epochs':>8}  early")
+        for row in r["trials"]:
+            values = "".join(f"{(f'{row[k]:.4g}' if isinstance(row[k], float) else str(row[k]))[:14]:>15}" for k in keys)
+            print(f"{str(row['trial'])[:12]:<12}{values}{row['AP']:>9.4f}{row['epochs']:>8}  {'yes' if row['stopped_early'] else ''}")
+        print(f"{len(r['trials'])} trials, {r['stopped_early']} stopped early by ASHA, ran on {r['nodes_used']} node(s)")
+        print(f"table {r['csv']}\nplot {r['plot']}\nbest config {r['best_config']}\nbest student {r['best_student']}")
+
+    emit({k: v for k, v in result.items()}, args.json, human)
+
+
 def cmd_quickstart(args: argparse.Namespace) -> None:
     from cdkd_ray.quickstart import run_quickstart
 
@@ -298,6 +317,17 @@ def build_parser() -> argparse.ArgumentParser:
             "CDKD distillation of the student on Ray Train (distill.enabled=false: the plain baseline).")
     training_args(p)
     p.add_argument("--teacher", help="teacher checkpoint: a cdkd-ray run checkpoint, export, or external file")
+
+    p = add("sweep", cmd_sweep, "Ray Tune sweep over channel-dropout and loss hyperparameters (ASHA).")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="sweep config overrides, e.g. num_samples=8")
+    p.add_argument("--config", help="sweep YAML (search space, ASHA, resources; default: a small built-in space)")
+    p.add_argument("--data", required=True, help="shard root holding train/ and val/ (folder or s3://)")
+    p.add_argument("--storage", required=True, help="where the sweep, its runs and outputs go (folder or s3://)")
+    p.add_argument("--name", default="sweep", help="sweep name (default: sweep)")
+    p.add_argument("--teacher", required=True, help="teacher checkpoint for every trial")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted sweep of the same name")
+    p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--s3-endpoint", help="S3 endpoint URL")
 
     p = add("serve", cmd_serve, "Serve a student export over HTTP with Ray Serve (batching, autoscaling).")
     p.add_argument("model", metavar="MODEL_DIR_OR_URI", help="a student export folder (cdkd-ray export) or s3:// URI")

@@ -134,6 +134,7 @@ def test_shards_info_detects_corruption(synth_dir, tmp_path):
 
 
 def test_every_command_has_help():
-    for command in ("quickstart", "synth", "shard", "shards-info", "codec-check", "show", "model-info", "export"):
+    for command in ("quickstart", "synth", "shard", "shards-info", "codec-check", "show", "model-info", "export",
+                    "train-teacher", "distill", "sweep", "serve"):
         proc = run_cli(command, "--help")
         assert proc.returncode == 0 and "usage: cdkd-ray " + command in proc.stdout

@@ -69,6 +69,7 @@ def evaluate(model: torch.nn.Module, cfg: ExperimentConfig, val_iter, gt: dict, 
 
 
 def train_loop_per_worker(config: dict) -> None:
+    import ray
     import ray.train
     import ray.train.torch
 
@@ -161,13 +162,16 @@ def train_loop_per_worker(config: dict) -> None:
         seconds = time.perf_counter() - started
         metrics = {"epoch": epoch, "step": step, "lr": lr if steps else learning_rate(cfg, step, epoch),
                    "steps": steps, "images_per_s": images_seen * world / max(seconds, 1e-9),
-                   "epoch_seconds": seconds, "data_digest": digest.hexdigest()}
+                   "epoch_seconds": seconds, "data_digest": digest.hexdigest(),
+                   "node_id": ray.get_runtime_context().get_node_id()}
         metrics.update({k: sums[k] / steps for k in LOSS_TERMS if steps and (k in ("loss", "loss_gt") or distilling)})
         is_eval_epoch = (epoch + 1) % cfg.train.val_every == 0 or epoch + 1 == cfg.train.epochs
         if rank == 0 and is_eval_epoch:
             raw = model.module.student if hasattr(model, "module") else model.student
             metrics.update(evaluate(raw, cfg, val_shard.iter_torch_batches(batch_size=64), gt, device))
         metrics.setdefault("AP", history[-1].get("AP", 0.0) if history else 0.0)
+        # What schedulers rank: val AP, ties (common early in training) broken by the lower GT loss.
+        metrics["score"] = metrics["AP"] - 1e-3 * metrics.get("loss_gt", 0.0)
         if rank == 0:
             history.append(dict(metrics))
             unwrapped = model.module if hasattr(model, "module") else model

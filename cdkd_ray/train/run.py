@@ -40,7 +40,8 @@ def experiment_for_mode(cfg: ExperimentConfig, mode: Mode) -> ExperimentConfig:
 
 def run_training(cfg: ExperimentConfig, mode: Mode, data_uri: str, storage_uri: str, name: str,
                  teacher_checkpoint: str | None = None, s3_endpoint: str | None = None,
-                 ray_address: str | None = None, pid_dir: str | None = None, callbacks=None) -> dict:
+                 ray_address: str | None = None, pid_dir: str | None = None, callbacks=None,
+                 write_outputs: bool = True) -> dict:
     """Train (or resume) one run; returns its summary (best checkpoint and AP, output paths)."""
     import ray.data
     import ray.train
@@ -96,7 +97,7 @@ def run_training(cfg: ExperimentConfig, mode: Mode, data_uri: str, storage_uri: 
     result = trainer.fit()
     if result.error:
         raise CdkdError(f"training run '{name}' failed: {result.error}")
-    return summarize_run(result, storage.join(name), cfg, mode, name)
+    return summarize_run(result, storage.join(name), cfg, mode, name, write_outputs)
 
 
 def _train_fn(config: dict) -> None:
@@ -111,7 +112,7 @@ def _pyarrow_fs(location):
     return pyarrow_filesystem(location)
 
 
-def summarize_run(result, run_dir, cfg: ExperimentConfig, mode: Mode, name: str) -> dict:
+def summarize_run(result, run_dir, cfg: ExperimentConfig, mode: Mode, name: str, write_outputs: bool = True) -> dict:
     """Write metrics.jsonl, TensorBoard events, curves.png and summary.json; return the summary."""
     from cdkd_ray.train.checkpoint import STATE_FILE
     from cdkd_ray.train.outputs import write_run_outputs
@@ -127,7 +128,7 @@ def summarize_run(result, run_dir, cfg: ExperimentConfig, mode: Mode, name: str)
     best_path = best.path if best else latest.path
     with fs.open_input_file(f"{best_path}/{STATE_FILE}") as f:
         best_state = json.loads(f.read())
-    outputs = write_run_outputs(history, run_dir, f"{name} ({mode}, {cfg.model.arch})")
+    outputs = write_run_outputs(history, run_dir, f"{name} ({mode}, {cfg.model.arch})") if write_outputs else {}
     as_uri = lambda path: f"s3://{path}" if run_dir.is_remote and not path.startswith("s3://") else path  # noqa: E731
     summary = {
         "name": name, "mode": "teacher" if mode == "teacher" else ("cdkd" if cfg.distill.enabled else "baseline"),
