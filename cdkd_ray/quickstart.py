@@ -1,10 +1,15 @@
-"""`cdkd-ray quickstart`: the whole chain, as far as it is built, on a laptop."""
+"""`cdkd-ray quickstart`: the whole chain on a laptop, an embedded local Ray, a local folder as object store.
+
+synth -> shard -> verify -> look at the crops -> codec ceiling -> train teacher -> baseline and CDKD
+students -> evaluation table -> export (+ONNX) -> Serve + a real HTTP request -> summary.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from tqdm import tqdm
 
@@ -13,12 +18,17 @@ from tqdm import tqdm
 class QuickstartPreset:
     train_images: int
     val_images: int
+    experiment: str
+    teacher_overrides: list[str] = field(default_factory=list)
+    student_overrides: list[str] = field(default_factory=list)
     seed: int = 0
 
 
 PRESETS = {
-    "tiny": QuickstartPreset(train_images=48, val_images=16),
-    "small": QuickstartPreset(train_images=400, val_images=100),
+    "tiny": QuickstartPreset(48, 16, "tiny", ["train.epochs=2"], ["train.epochs=2"]),
+    "small": QuickstartPreset(300, 60, "synth-cpu",
+                              ["train.epochs=3", "train.lr_steps=[100]", "train.warmup_iters=20"],
+                              ["train.epochs=3", "train.lr_steps=[100]", "train.warmup_iters=20"]),
 }
 
 
@@ -36,12 +46,20 @@ class _Stages:
 def run_quickstart(workdir: str, preset_name: str = "small") -> dict:
     from cdkd_ray.coco.shard import shard_coco, shards_info
     from cdkd_ray.coco.synth import synth_split
+    from cdkd_ray.config import load_config
+    from cdkd_ray.data.show import show_instances
+    from cdkd_ray.models.export import export_student
+    from cdkd_ray.models.info import model_info
+    from cdkd_ray.ray_runtime import ensure_ray
+    from cdkd_ray.train.codec_check import codec_check
+    from cdkd_ray.train.config import ExperimentConfig
+    from cdkd_ray.train.run import run_training, summary_line
 
     preset = PRESETS[preset_name]
     workdir = os.path.abspath(workdir)
-    data_dir = os.path.join(workdir, "synth")
-    shard_root = os.path.join(workdir, "shards")
-    stages = _Stages(5)
+    data_dir, shard_root = os.path.join(workdir, "synth"), os.path.join(workdir, "shards")
+    runs = os.path.join(workdir, "runs")
+    stages = _Stages(11)
 
     stages.begin(f"synthetic COCO dataset -> {data_dir}")
     with tqdm(total=preset.train_images + preset.val_images, desc="synth", unit="img", disable=None) as bar:
@@ -59,33 +77,103 @@ def run_quickstart(workdir: str, preset_name: str = "small") -> dict:
         print(f"  {split}: {s['num_images']} images, {s['num_keypointed_persons']} people with keypoints, "
               f"{'verified' if s['verified'] else 'PROBLEMS: ' + '; '.join(s['problems'])}")
 
-    from cdkd_ray.data.config import DataConfig
-    from cdkd_ray.data.show import show_instances
-    from cdkd_ray.train.codec_check import codec_check
-
-    data_cfg = DataConfig()
+    base = load_config(ExperimentConfig, preset.experiment)
     stages.begin("what the model is fed: augmented training crops with skeletons and target heatmaps")
-    grid_png = show_instances(shard_root, "train", data_cfg, 16, os.path.join(workdir, "train_crops.png"))["out"]
+    grid_png = show_instances(shard_root, "train", base.data, 16, os.path.join(workdir, "train_crops.png"))["out"]
     print(f"  {grid_png}")
 
     stages.begin("codec ceiling: ground truth through crop -> heatmap -> decode -> COCOeval")
-    ceiling = codec_check(shard_root, "val", data_cfg)
-    print(f"  AP ceiling at {data_cfg.input_size[0]}x{data_cfg.input_size[1]} -> "
-          f"{data_cfg.heatmap_size[0]}x{data_cfg.heatmap_size[1]}: {ceiling['stats']['AP']:.3f}")
+    ceiling = codec_check(shard_root, "val", base.data)
+    print(f"  AP ceiling at {base.data.input_size[0]}x{base.data.input_size[1]} -> "
+          f"{base.data.heatmap_size[0]}x{base.data.heatmap_size[1]}: {ceiling['stats']['AP']:.3f}")
+
+    ensure_ray()
+    stages.begin(f"train the teacher ({base.teacher.arch}) on Ray Train")
+    teacher = run_training(load_config(ExperimentConfig, preset.experiment, preset.teacher_overrides), "teacher",
+                           shard_root, runs, "teacher")
+    print("  " + summary_line(teacher))
+
+    students = {}
+    for kind, extra in (("baseline", ["distill.enabled=false"]), ("cdkd", [])):
+        stages.begin(f"{'plain baseline' if kind == 'baseline' else 'CDKD'} student ({base.model.arch}), "
+                     f"same data, schedule and seed")
+        cfg = load_config(ExperimentConfig, preset.experiment, [*preset.student_overrides, *extra])
+        students[kind] = run_training(cfg, "distill", shard_root, runs, kind,
+                                      teacher_checkpoint=teacher["best_checkpoint"])
+        print("  " + summary_line(students[kind]))
+
+    stages.begin("evaluation table")
+    costs = model_info(preset.experiment)["models"]
+    student_cost = next(v for k, v in costs.items() if k.startswith("student"))
+    teacher_cost = next(v for k, v in costs.items() if k.startswith("teacher"))
+    table = [("teacher", teacher, teacher_cost), ("baseline", students["baseline"], student_cost),
+             ("CDKD", students["cdkd"], student_cost)]
+    print(f"  {'model':<10}{'arch':<11}{'best AP':>9}{'params':>13}{'GFLOPs':>9}")
+    for label, s, cost in table:
+        print(f"  {label:<10}{s['arch']:<11}{s['best_ap']:>9.4f}{cost['parameters']:>13,}{cost['flops'] / 1e9:>9.3f}")
+
+    stages.begin("export the CDKD student (+ONNX with in-graph decode)")
+    export_dir = os.path.join(workdir, "student")
+    exported = export_student(students["cdkd"]["best_checkpoint"], export_dir, onnx=True, onnx_decode=True)
+    print(f"  {export_dir}: {exported['parameters']:,} parameters (= baseline), ONNX {exported['onnx']}")
+
+    stages.begin("serve the student with Ray Serve and send a real request")
+    render_png, persons = _serve_and_request(export_dir, data_dir, workdir)
+    print(f"  {persons} person(s) answered; skeletons drawn in {render_png}")
 
     summary = {
-        "workdir": workdir,
-        "preset": preset_name,
-        "synthetic_data": data_dir,
-        "shards": shard_root,
-        "splits": {k: {"images": v["num_images"], "persons": v["num_keypointed_persons"]}
-                   for k, v in info["splits"].items()},
-        "train_crops_png": grid_png,
-        "codec_ceiling_ap": ceiling["stats"]["AP"],
+        "workdir": workdir, "preset": preset_name, "synthetic_data": data_dir, "shards": shard_root,
+        "train_crops_png": grid_png, "codec_ceiling_ap": ceiling["stats"]["AP"],
+        "teacher": {"ap": teacher["best_ap"], "checkpoint": teacher["best_checkpoint"], "curves": teacher["curves_png"]},
+        "baseline": {"ap": students["baseline"]["best_ap"], "checkpoint": students["baseline"]["best_checkpoint"],
+                     "curves": students["baseline"]["curves_png"]},
+        "cdkd": {"ap": students["cdkd"]["best_ap"], "checkpoint": students["cdkd"]["best_checkpoint"],
+                 "curves": students["cdkd"]["curves_png"]},
+        "student_export": export_dir, "onnx": exported["onnx"], "rendered_png": render_png,
         "seconds": round(time.perf_counter() - stages.started, 1),
     }
+    with open(os.path.join(workdir, "quickstart_summary.json"), "w") as f:
+        json.dump(summary, f, indent=1)
     print(f"\nquickstart done in {summary['seconds']}s")
-    print(f"  synthetic COCO data: {data_dir}")
-    print(f"  shards:              {shard_root}  (inspect: cdkd-ray shards-info {shard_root})")
-    print(f"  training crops:      {grid_png}")
+    print(f"  AP  teacher {teacher['best_ap']:.4f}   baseline {students['baseline']['best_ap']:.4f}   "
+          f"CDKD {students['cdkd']['best_ap']:.4f}   (codec ceiling {ceiling['stats']['AP']:.3f})")
+    print(f"  training crops:   {grid_png}")
+    print(f"  curves:           {students['cdkd']['curves_png']}")
+    print(f"  checkpoints:      {runs}")
+    print(f"  student export:   {export_dir}  (serve it: cdkd-ray serve {export_dir})")
+    print(f"  skeleton PNG:     {render_png}")
     return summary
+
+
+def _serve_and_request(export_dir: str, data_dir: str, workdir: str) -> tuple[str, int]:
+    import socket
+
+    import httpx
+    from ray import serve
+
+    from cdkd_ray.serve.app import ServeConfig
+    from cdkd_ray.serve.deploy import APP_NAME, run_serve
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = run_serve(ServeConfig(model_uri=export_dir, min_replicas=1, max_replicas=1, num_cpus=0.5), "127.0.0.1", port)
+    try:
+        ann = json.load(open(os.path.join(data_dir, "annotations", "person_keypoints_val.json")))
+        image = ann["images"][0]
+        boxes = [a["bbox"] + [1.0] for a in ann["annotations"] if a["image_id"] == image["id"] and not a["iscrowd"]
+                 and a["num_keypoints"] > 0]
+        data = open(os.path.join(data_dir, "val", image["file_name"]), "rb").read()
+        params = {"boxes": json.dumps(boxes)} if boxes else {}
+        answer = httpx.post(f"{url}/v1/keypoints", content=data, params=params,
+                            headers={"content-type": "image/jpeg"}, timeout=120)
+        answer.raise_for_status()
+        render = httpx.post(f"{url}/v1/keypoints/render", content=data, params=params,
+                            headers={"content-type": "image/jpeg"}, timeout=120)
+        render.raise_for_status()
+        path = os.path.join(workdir, "served_skeletons.png")
+        with open(path, "wb") as f:
+            f.write(render.content)
+        return path, len(answer.json()["persons"])
+    finally:
+        serve.delete(APP_NAME)

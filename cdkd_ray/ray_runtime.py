@@ -20,7 +20,7 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     # Logical CPUs are declared generously: Data, Train and Tune drivers then never deadlock.
     ray.init(num_cpus=num_cpus or max(8, 2 * (os.cpu_count() or 2)), include_dashboard=False,
              object_store_memory=768 * 1024 * 1024, _node_ip_address="127.0.0.1",
-             logging_level=logging.WARNING, log_to_driver=True,
+             logging_level=logging.WARNING, log_to_driver=False,
              runtime_env={"env_vars": {"RAY_DATA_PARQUET_FOOTER_NUM_ACTORS": "1"}})
     quiet_ray_data()
 
