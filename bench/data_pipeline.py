@@ -31,15 +31,37 @@ from cdkd_ray.data.shard_reader import iter_shard_rows  # noqa: E402
 from cdkd_ray.data.transforms import box_to_center_scale, crop_affine, sample_augment  # noqa: E402
 
 
+def reference_target(joint_set: np.ndarray, mat: np.ndarray, cfg: DataConfig) -> np.ndarray:
+    """One instance's targets, keypoint by keypoint, as the original SimpleBaseline code renders them."""
+    h, w = cfg.heatmap_size
+    stride = cfg.input_size[1] / w
+    tmp = 3 * cfg.sigma
+    target = np.zeros((17, h, w), np.float32)
+    for k in range(17):
+        x = mat[0, 0] * joint_set[k, 0] + mat[0, 1] * joint_set[k, 1] + mat[0, 2]
+        y = mat[1, 0] * joint_set[k, 0] + mat[1, 1] * joint_set[k, 1] + mat[1, 2]
+        mu_x, mu_y = int(x / stride + 0.5), int(y / stride + 0.5)
+        ul = [int(mu_x - tmp), int(mu_y - tmp)]
+        br = [int(mu_x + tmp + 1), int(mu_y + tmp + 1)]
+        if joint_set[k, 2] == 0 or ul[0] >= w or ul[1] >= h or br[0] < 0 or br[1] < 0:
+            continue
+        size = 2 * int(tmp) + 1
+        xs = np.arange(0, size, 1, np.float32)
+        g = np.exp(-((xs - size // 2) ** 2 + (xs[:, None] - size // 2) ** 2) / (2 * cfg.sigma ** 2))
+        g_x = max(0, -ul[0]), min(br[0], w) - ul[0]
+        g_y = max(0, -ul[1]), min(br[1], h) - ul[1]
+        img_x = max(0, ul[0]), min(br[0], w)
+        img_y = max(0, ul[1]), min(br[1], h)
+        target[k, img_y[0]:img_y[1], img_x[0]:img_x[1]] = g[g_y[0]:g_y[1], g_x[0]:g_x[1]]
+    return target
+
+
 def reference_instances(rows: dict, cfg: DataConfig, rng: np.random.Generator) -> int:
     """Per-instance, per-keypoint reference (SimpleBaseline style): the same work, plain loops."""
     import cv2
 
     n = 0
     in_h, in_w = cfg.input_size
-    h, w = cfg.heatmap_size
-    stride = in_w / w
-    tmp = 3 * cfg.sigma
     for data, persons in zip(rows["image"], rows["persons"]):
         image = cv2.cvtColor(decode_bgr(data), cv2.COLOR_BGR2RGB)
         for p in persons:
@@ -49,27 +71,7 @@ def reference_instances(rows: dict, cfg: DataConfig, rng: np.random.Generator) -
             aug = sample_augment(rng, 1, cfg.scale_factor, cfg.rotation_factor, cfg.rotation_prob, cfg.flip_prob, 0)
             mat = crop_affine(c, s * aug.scale_mult[:, None], aug.rotation, cfg.input_size)[0]
             crop = cv2.warpAffine(image, mat, (in_w, in_h), flags=cv2.INTER_LINEAR)
-            joints = np.asarray(p["keypoints"], np.float32).reshape(17, 3)
-            target = np.zeros((17, h, w), np.float32)
-            weight = np.zeros(17, np.float32)
-            for k in range(17):  # the reference loops over keypoints
-                x = mat[0, 0] * joints[k, 0] + mat[0, 1] * joints[k, 1] + mat[0, 2]
-                y = mat[1, 0] * joints[k, 0] + mat[1, 1] * joints[k, 1] + mat[1, 2]
-                mu_x, mu_y = int(x / stride + 0.5), int(y / stride + 0.5)
-                ul = [int(mu_x - tmp), int(mu_y - tmp)]
-                br = [int(mu_x + tmp + 1), int(mu_y + tmp + 1)]
-                if joints[k, 2] == 0 or ul[0] >= w or ul[1] >= h or br[0] < 0 or br[1] < 0:
-                    continue
-                weight[k] = 1
-                size = 2 * int(tmp) + 1
-                xs = np.arange(0, size, 1, np.float32)
-                ys = xs[:, None]
-                g = np.exp(-((xs - size // 2) ** 2 + (ys - size // 2) ** 2) / (2 * cfg.sigma ** 2))
-                g_x = max(0, -ul[0]), min(br[0], w) - ul[0]
-                g_y = max(0, -ul[1]), min(br[1], h) - ul[1]
-                img_x = max(0, ul[0]), min(br[0], w)
-                img_y = max(0, ul[1]), min(br[1], h)
-                target[k, img_y[0]:img_y[1], img_x[0]:img_x[1]] = g[g_y[0]:g_y[1], g_x[0]:g_x[1]]
+            reference_target(np.asarray(p["keypoints"], np.float32).reshape(17, 3), mat, cfg)
             crop.transpose(2, 0, 1).copy()
             n += 1
     return n
@@ -86,28 +88,9 @@ def targets_vectorised(joints: np.ndarray, mats: np.ndarray, cfg: DataConfig) ->
 
 
 def targets_reference(joints: np.ndarray, mats: np.ndarray, cfg: DataConfig) -> int:
-    """Only the keypoint transform + targets, per instance and keypoint (SimpleBaseline style)."""
-    h, w = cfg.heatmap_size
-    stride = cfg.input_size[1] / w
-    tmp = 3 * cfg.sigma
+    """Only the keypoint transform + targets, per instance and keypoint."""
     for joint_set, mat in zip(joints, mats):
-        target = np.zeros((17, h, w), np.float32)
-        for k in range(17):
-            x = mat[0, 0] * joint_set[k, 0] + mat[0, 1] * joint_set[k, 1] + mat[0, 2]
-            y = mat[1, 0] * joint_set[k, 0] + mat[1, 1] * joint_set[k, 1] + mat[1, 2]
-            mu_x, mu_y = int(x / stride + 0.5), int(y / stride + 0.5)
-            ul = [int(mu_x - tmp), int(mu_y - tmp)]
-            br = [int(mu_x + tmp + 1), int(mu_y + tmp + 1)]
-            if joint_set[k, 2] == 0 or ul[0] >= w or ul[1] >= h or br[0] < 0 or br[1] < 0:
-                continue
-            size = 2 * int(tmp) + 1
-            xs = np.arange(0, size, 1, np.float32)
-            g = np.exp(-((xs - size // 2) ** 2 + (xs[:, None] - size // 2) ** 2) / (2 * cfg.sigma ** 2))
-            g_x = max(0, -ul[0]), min(br[0], w) - ul[0]
-            g_y = max(0, -ul[1]), min(br[1], h) - ul[1]
-            img_x = max(0, ul[0]), min(br[0], w)
-            img_y = max(0, ul[1]), min(br[1], h)
-            target[k, img_y[0]:img_y[1], img_x[0]:img_x[1]] = g[g_y[0]:g_y[1], g_x[0]:g_x[1]]
+        reference_target(joint_set, mat, cfg)
     return len(joints)
 
 

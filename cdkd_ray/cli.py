@@ -214,7 +214,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from cdkd_ray.config import apply_overrides
 
     cfg = from_dict(ServeConfig, apply_overrides(values, args.overrides), "serve")
-    run_serve(cfg, args.host, args.port, address=args.address, block=True)
+    run_serve(cfg, args.host, args.port, address=args.address, block=not args.detach)
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:
@@ -338,6 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-replicas", type=int, default=1)
     p.add_argument("--max-replicas", type=int, default=2)
     p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--detach", action="store_true",
+                   help="deploy and return (the app keeps running on the cluster; for Ray Jobs)")
 
     p = add("model-info", cmd_model_info, "Parameters and FLOPs of the student, the teacher and train-only modules.")
     p.add_argument("arch_or_config", metavar="ARCH_OR_CONFIG",

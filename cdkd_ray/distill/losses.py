@@ -19,7 +19,7 @@ from cdkd_ray.models.pose_resnet import TAP_STRIDES, TAPS, tap_channels
 @dataclass
 class DistillConfig:
     enabled: bool = True
-    alpha: float = 1.0  # weight of the intermediate (feature) loss
+    alpha: float = 0.001  # weight of the intermediate (feature) loss: raw feature MSE is ~1000x the heatmap MSE
     beta: float = 1.0  # weight of the final (heatmap) loss
     student_tap: str = "layer4"
     teacher_tap: str = "layer4"
