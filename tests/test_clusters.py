@@ -67,7 +67,8 @@ def test_ray_jobs_round_trip_on_a_local_head(synth_shards, tmp_path):
 
     port, dash = _free_port(), _free_port()
     temp = Path("/tmp") / f"cdkd-job-{os.getpid()}"
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    # A throwaway loopback head: token auth off (it is on by default once ~/.ray/auth_token exists).
+    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "RAY_AUTH_MODE": "disabled"}
     start = subprocess.run(["ray", "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
                             f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1", "--num-cpus=6",
                             f"--temp-dir={temp}", "--include-dashboard=true", "--disable-usage-stats"],
