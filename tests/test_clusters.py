@@ -84,7 +84,14 @@ def test_ray_jobs_round_trip_on_a_local_head(synth_shards, tmp_path):
                  f"--name job-run --teacher {teacher} --json train.epochs=1")
         runtime_env = yaml.safe_load((REPO / "jobs" / "runtime_env.yaml").read_text())
         runtime_env["working_dir"] = str(REPO)
-        job = client.submit_job(entrypoint=entry, runtime_env=runtime_env)
+        job, wait_until = None, time.time() + 90
+        while job is None:  # the head's job agent comes up a little after `ray start` returns
+            try:
+                job = client.submit_job(entrypoint=entry, runtime_env=runtime_env)
+            except RuntimeError as exc:
+                if "No available agent" not in str(exc) or time.time() > wait_until:
+                    raise
+                time.sleep(2)
         deadline = time.time() + 400
         status = client.get_job_status(job)
         while time.time() < deadline and status not in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
