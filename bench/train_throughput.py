@@ -69,7 +69,7 @@ def ray_train_rate(shards: str, storage: str, name: str, overrides: list[str], t
 
 
 def _latest(storage: str, name: str) -> str:
-    return sorted(d for d in os.listdir(os.path.join(storage, name)) if d.startswith("checkpoint_"))[-1]
+    return sorted(d for d in os.listdir(os.path.join(storage, name)) if d.startswith("checkpoint_epoch"))[-1]
 
 
 def main() -> None:
