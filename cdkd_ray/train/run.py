@@ -7,7 +7,7 @@ import json
 from typing import Literal
 
 from cdkd_ray.config import to_dict
-from cdkd_ray.data.storage import resolve
+from cdkd_ray.data.storage import pyarrow_filesystem, resolve
 from cdkd_ray.errors import CdkdError
 from cdkd_ray.train.config import ExperimentConfig
 
@@ -76,7 +76,7 @@ def run_training(cfg: ExperimentConfig, mode: Mode, data_uri: str, storage_uri: 
     run_config = ray.train.RunConfig(
         name=name,
         storage_path=storage.uri if not storage.is_remote else storage.path,
-        storage_filesystem=_pyarrow_fs(storage) if storage.is_remote else None,
+        storage_filesystem=pyarrow_filesystem(storage) if storage.is_remote else None,
         checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints,
                                                      checkpoint_score_attribute="AP", checkpoint_score_order="max"),
         failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
@@ -104,12 +104,6 @@ def _train_fn(config: dict) -> None:
     from cdkd_ray.train.loop import train_loop_per_worker
 
     train_loop_per_worker(config)
-
-
-def _pyarrow_fs(location):
-    from cdkd_ray.data.storage import pyarrow_filesystem
-
-    return pyarrow_filesystem(location)
 
 
 def summarize_run(result, run_dir, cfg: ExperimentConfig, mode: Mode, name: str, write_outputs: bool = True) -> dict:
