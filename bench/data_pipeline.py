@@ -164,7 +164,7 @@ def main() -> None:
     import ray
     import ray.data
 
-    ray.init(num_cpus=4, include_dashboard=False, object_store_memory=512 * 1024 ** 2, _node_ip_address="127.0.0.1",
+    ray.init(address="local", num_cpus=4, include_dashboard=False, object_store_memory=512 * 1024 ** 2, _node_ip_address="127.0.0.1",
              log_to_driver=False, logging_level=logging.ERROR)
     ray.data.DataContext.get_current().enable_progress_bars = False
     c_rates, d_rates = [], []

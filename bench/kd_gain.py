@@ -36,6 +36,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--teacher", help="reuse a trained teacher checkpoint instead of training one")
     parser.add_argument("overrides", nargs="*", help="config overrides for every run, e.g. distill.dropout_p=0.3")
+    parser.add_argument("--report-only", action="store_true",
+                        help="train nothing: rebuild the table and plot from the finished runs in --workdir")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -55,36 +57,115 @@ def main() -> None:
             *args.overrides, *extra])
 
     teacher_ckpt = args.teacher
-    teacher_ap = None
-    if not teacher_ckpt:
+    if not teacher_ckpt and not args.report_only:
         summary = run_training(cfg_for(args.teacher_epochs, 0, []), "teacher", shards, runs, "teacher")
-        teacher_ckpt, teacher_ap = summary["best_checkpoint"], summary["best_ap"]
-        print(f"teacher: AP {teacher_ap:.4f} ({summary['best_checkpoint']})", flush=True)
+        teacher_ckpt = summary["best_checkpoint"]
+        print(f"teacher: AP {summary['best_ap']:.4f} ({summary['best_checkpoint']})", flush=True)
 
-    rows = []
     for seed in args.seeds:
         for kind, extra in (("baseline", ["distill.enabled=false"]), ("cdkd", [])):
+            if args.report_only:
+                continue
             summary = run_training(cfg_for(args.student_epochs, seed, extra), "distill", shards, runs,
                                    f"{kind}-seed{seed}", teacher_checkpoint=teacher_ckpt)
-            rows.append({"kind": kind, "seed": seed, "ap": summary["best_ap"], "final_ap": summary["final_ap"]})
             print(f"{kind} seed {seed}: best AP {summary['best_ap']:.4f}, final AP {summary['final_ap']:.4f}", flush=True)
 
-    def stats(kind: str, key: str = "ap") -> tuple[float, float]:
-        values = [r[key] for r in rows if r["kind"] == kind]
-        return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-    b, c = stats("baseline"), stats("cdkd")
-    bf, cf = stats("baseline", "final_ap"), stats("cdkd", "final_ap")
-    print("\n| model | AP (best epoch) | AP (final epoch) |\n| --- | --- | --- |")
-    if teacher_ap is not None:
-        print(f"| teacher ResNet-50 ({args.teacher_epochs} epochs) | {teacher_ap:.4f} | |")
-    print(f"| baseline ResNet-18 ({args.student_epochs} epochs, {len(args.seeds)} seeds) | {b[0]:.4f} +- {b[1]:.4f} | {bf[0]:.4f} +- {bf[1]:.4f} |")
-    print(f"| CDKD ResNet-18 (same budget and seeds) | {c[0]:.4f} +- {c[1]:.4f} | {cf[0]:.4f} +- {cf[1]:.4f} |")
-    print(f"\nCDKD - baseline: {c[0] - b[0]:+.4f} AP (mean over seeds); {time.perf_counter() - started:.0f}s in all")
+    label = (f"{cfg_for(args.teacher_epochs, 0, []).teacher.arch} ({args.teacher_epochs} epochs)" if not args.teacher
+             else f"given ({args.teacher})")
+    report = write_report(runs, args.seeds, work, label, args.student_epochs, args.teacher)
+    print("\n" + report["table"])
+    print(f"\nCDKD - baseline: {report['gain']:+.4f} AP (mean over seeds); {time.perf_counter() - started:.0f}s in all")
+    print(f"table {report['markdown']}\nplot  {report['plot']}")
     if args.json:
-        print(json.dumps({"teacher_ap": teacher_ap, "teacher_checkpoint": teacher_ckpt, "runs": rows,
-                          "baseline_mean": b[0], "baseline_std": b[1], "cdkd_mean": c[0], "cdkd_std": c[1],
-                          "gain": c[0] - b[0]}))
+        print(json.dumps({k: v for k, v in report.items() if k != "table"}))
+
+
+def read_run(runs: str, name: str) -> dict:
+    """A finished run's summary and its per-epoch history (metrics.jsonl)."""
+    with open(os.path.join(runs, name, "summary.json")) as f:
+        summary = json.load(f)
+    with open(os.path.join(runs, name, "metrics.jsonl")) as f:
+        summary["history"] = [json.loads(line) for line in f if line.strip()]
+    return summary
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def read_teacher(runs: str, given: str | None) -> dict:
+    """The teacher run of this workdir, or the AP recorded in a given cdkd-ray checkpoint (nan if none)."""
+    if not given:
+        return read_run(runs, "teacher")
+    state = os.path.join(given, "trainer_state.json")
+    ap = json.load(open(state))["metrics"].get("AP", float("nan")) if os.path.exists(state) else float("nan")
+    return {"best_ap": ap, "final_ap": ap, "best_checkpoint": given}
+
+
+def write_report(runs: str, seeds: list[int], work: str, teacher_label: str, student_epochs: int,
+                 given_teacher: str | None = None) -> dict:
+    """kd_gain.md (the table), kd_gain.png (val AP per epoch) and kd_gain.json from the finished runs."""
+    teacher = read_teacher(runs, given_teacher)
+    students = {kind: [read_run(runs, f"{kind}-seed{seed}") for seed in seeds] for kind in ("baseline", "cdkd")}
+    stats = {kind: {key: mean_std([r[key] for r in rs]) for key in ("best_ap", "final_ap")}
+             for kind, rs in students.items()}
+    fmt = lambda m: f"{m[0]:.4f} +- {m[1]:.4f}"  # noqa: E731
+    table = "\n".join([
+        "| model | val AP (best epoch) | val AP (final epoch) |", "| --- | --- | --- |",
+        f"| teacher {teacher_label} | {teacher['best_ap']:.4f} | {teacher['final_ap']:.4f} |",
+        f"| baseline ResNet-18 ({student_epochs} epochs, seeds {' '.join(map(str, seeds))}) | "
+        f"{fmt(stats['baseline']['best_ap'])} | {fmt(stats['baseline']['final_ap'])} |",
+        f"| CDKD ResNet-18 (same data, schedule, seeds) | {fmt(stats['cdkd']['best_ap'])} | "
+        f"{fmt(stats['cdkd']['final_ap'])} |",
+        "", "per seed (best AP): " + "; ".join(
+            f"seed {s}: baseline {b['best_ap']:.4f}, CDKD {c['best_ap']:.4f}"
+            for s, b, c in zip(seeds, students["baseline"], students["cdkd"]))])
+    gain = stats["cdkd"]["best_ap"][0] - stats["baseline"]["best_ap"][0]
+    paths = {"markdown": os.path.join(work, "kd_gain.md"), "plot": os.path.join(work, "kd_gain.png"),
+             "json": os.path.join(work, "kd_gain.json")}
+    with open(paths["markdown"], "w") as f:
+        f.write(table + "\n")
+    with open(paths["plot"], "wb") as f:
+        f.write(plot_ap(teacher, students))
+    result = {"teacher_ap": teacher["best_ap"], "teacher_checkpoint": teacher["best_checkpoint"],
+              "runs": [{"kind": k, "seed": s, "ap": r["best_ap"], "final_ap": r["final_ap"]}
+                       for k, rs in students.items() for s, r in zip(seeds, rs)],
+              "baseline_mean": stats["baseline"]["best_ap"][0], "baseline_std": stats["baseline"]["best_ap"][1],
+              "cdkd_mean": stats["cdkd"]["best_ap"][0], "cdkd_std": stats["cdkd"]["best_ap"][1],
+              "gain": gain, "table": table, **paths}
+    with open(paths["json"], "w") as f:
+        json.dump({k: v for k, v in result.items() if k != "table"}, f, indent=1)
+    return result
+
+
+def plot_ap(teacher: dict, students: dict[str, list[dict]]) -> bytes:
+    """Val AP at every evaluated epoch: each seed thin, the seed mean thick, the teacher's best dashed."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for (kind, rs), color in zip(students.items(), ("tab:gray", "tab:red")):
+        curves = [[(h["epoch"] + 1, h["AP"]) for h in r["history"] if "AP50" in h] for r in rs]
+        for curve in curves:
+            ax.plot(*zip(*curve), color=color, alpha=0.35, lw=1)
+        epochs = [e for e, _ in curves[0]]
+        mean = [statistics.mean(c[i][1] for c in curves) for i in range(len(epochs))]
+        ax.plot(epochs, mean, color=color, lw=2.5, marker="o", label=f"{kind} (mean of {len(rs)} seeds)")
+    ax.axhline(teacher["best_ap"], color="tab:blue", ls="--", label="teacher (best)")
+    ax.set_xlabel("student epoch")
+    ax.set_ylabel("val AP (COCOeval, GT boxes)")
+    ax.set_title("CDKD vs the plain baseline: same data, schedule and seeds")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return buf.getvalue()
 
 
 if __name__ == "__main__":

@@ -22,6 +22,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from cdkd_ray.serve.loadgen import drive_load, latency_stats  # noqa: E402
+
 
 def make_student(folder: str, input_size=(128, 96)) -> str:
     import torch
@@ -38,11 +40,6 @@ def make_student(folder: str, input_size=(128, 96)) -> str:
                                         "heatmap_size": [input_size[0] // 4, input_size[1] // 4]}}})
     export_student(os.path.join(folder, "ckpt"), os.path.join(folder, "student"))
     return os.path.join(folder, "student")
-
-
-def latency_stats(latencies: list[float], seconds: float) -> dict:
-    lat = np.asarray(latencies) * 1000
-    return {"rps": len(lat) / seconds, "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99))}
 
 
 def bare(student: str, image_bgr: np.ndarray, box: np.ndarray, n: int) -> dict:
@@ -75,29 +72,6 @@ def bare(student: str, image_bgr: np.ndarray, box: np.ndarray, n: int) -> dict:
     return out
 
 
-async def endpoint(url: str, data: bytes, box: list, concurrency: int, n: int) -> dict:
-    import httpx
-
-    latencies, failures = [], 0
-    queue = list(range(n))
-
-    async def worker(client):
-        nonlocal failures
-        while queue:
-            queue.pop()
-            t = time.perf_counter()
-            r = await client.post(f"{url}/v1/keypoints", content=data, params={"boxes": json.dumps([box])},
-                                  headers={"content-type": "image/jpeg"})
-            latencies.append(time.perf_counter() - t)
-            failures += r.status_code != 200
-
-    async with httpx.AsyncClient(timeout=120) as client:
-        start = time.perf_counter()
-        await asyncio.gather(*[worker(client) for _ in range(concurrency)])
-        seconds = time.perf_counter() - start
-    return {**latency_stats(latencies, seconds), "failures": failures}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=48)
@@ -124,8 +98,8 @@ def main() -> None:
         port = s.getsockname()[1]
     url = run_serve(ServeConfig(model_uri=student, min_replicas=args.replicas, max_replicas=args.replicas,
                                 max_batch_size=16, batch_wait_timeout_s=0.01, num_cpus=1), "127.0.0.1", port)
-    asyncio.run(endpoint(url, data, box, 4, 8))  # warm-up
-    results = {c: asyncio.run(endpoint(url, data, box, c, args.requests)) for c in (1, 8, 32)}
+    asyncio.run(drive_load(url, data, [box], 4, 8, max_seconds=300))  # warm-up
+    results = {c: asyncio.run(drive_load(url, data, [box], c, args.requests, max_seconds=600)) for c in (1, 8, 32)}
     serve.delete(APP_NAME)
 
     unb, bat = bare_stats["unbatched"], bare_stats["batched16"]
@@ -134,7 +108,7 @@ def main() -> None:
     for c, r in results.items():
         print(f"endpoint, concurrency {c:>2}     {r['rps']:7.1f} req/s    p50 {r['p50_ms']:6.1f} ms  p99 {r['p99_ms']:6.1f} ms"
               f"   vs bare unbatched {r['rps'] / unb['rps']:.2f}x, vs bare batched {r['rps'] / bat['rps']:.2f}x"
-              f"   failures {r['failures']}")
+              f"   failures {r['failed']}")
     if args.json:
         print(json.dumps({"bare": bare_stats, "endpoint": results,
                           "ratios": {c: {"vs_unbatched": r["rps"] / unb["rps"], "vs_batched": r["rps"] / bat["rps"]}

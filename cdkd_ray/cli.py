@@ -17,7 +17,18 @@ def emit(result: dict, as_json: bool, human: Callable[[dict], None] | None = Non
     if human:
         human(result)
     if as_json:
+        _stop_ray_log_streaming()
         print(json.dumps(result, default=_json_default), flush=True)
+
+
+def _stop_ray_log_streaming() -> None:
+    """Disconnect this driver so no worker log line streamed from the cluster can follow the JSON line."""
+    sys.stdout.flush()
+    if "ray" in sys.modules:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
 
 
 def _json_default(value: Any):
@@ -214,7 +225,36 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from cdkd_ray.config import apply_overrides
 
     cfg = from_dict(ServeConfig, apply_overrides(values, args.overrides), "serve")
-    run_serve(cfg, args.host, args.port, address=args.address, block=not args.detach)
+    run_serve(cfg, args.host, args.port, address=args.address, block=not args.detach,
+              proxy_location=args.proxy_location)
+
+
+def cmd_load_test(args: argparse.Namespace) -> None:
+    from cdkd_ray.serve.load_test import LoadPlan, run_load_test
+
+    try:
+        with open(args.image, "rb") as f:
+            body = f.read()
+    except OSError as exc:
+        raise CdkdError(f"cannot read --image {args.image}: {exc.strerror}") from None
+    try:
+        boxes = json.loads(args.boxes) if args.boxes else []
+    except json.JSONDecodeError as exc:
+        raise CdkdError(f"--boxes is not JSON ([[x, y, w, h], ...]): {exc}") from None
+    plan = LoadPlan(args.concurrency, args.max_requests, args.max_seconds, args.until_replicas, args.hold_seconds,
+                    args.cooldown_seconds, args.wait_nodes)
+    result = run_load_test(args.url.rstrip("/"), body, boxes, plan, args.out, address=args.address)
+
+    def human(r: dict) -> None:
+        load = r["load"]
+        print(f"load: {load['sent']} requests ({load['ok']} ok, {load['failed']} failed) in {load['seconds']:.0f}s, "
+              f"{load['rps']:.1f} req/s, p50 {load['p50_ms'] or 0:.0f} ms")
+        print(f"replicas: {r['start_replicas']} -> {r['peak_replicas']} (after {r['scaled_up_after_s']}s of load) -> "
+              f"{r['end_replicas']} ({r['scaled_down_after_s']}s after the load stopped); "
+              f"worker nodes peak {r['peak_worker_nodes']}, now {r['end_worker_nodes']}")
+        print(f"timeline {r['csv']}\nplot {r['plot']}")
+
+    emit(result, args.json, human)
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:
@@ -234,6 +274,31 @@ def cmd_sweep(args: argparse.Namespace) -> None:
         print(f"table {r['csv']}\nplot {r['plot']}\nbest config {r['best_config']}\nbest student {r['best_student']}")
 
     emit({k: v for k, v in result.items()}, args.json, human)
+
+
+def cmd_cluster(args: argparse.Namespace) -> None:
+    from cdkd_ray.cluster import local
+
+    if args.action == "up":
+        result = local.cluster_up(args.config, args.port, args.dashboard_port, args.state_dir)
+
+        def human(r: dict) -> None:
+            print(f"cluster up: head pid {r['pid']} at {r['address']} (dashboard {r['dashboard_url']}); "
+                  f"nodes are added on demand. Use --address {r['address']}; log {r['log']}")
+    elif args.action == "down":
+        result = local.cluster_down(args.state_dir)
+
+        def human(r: dict) -> None:
+            print(f"cluster down: stopped {r['processes_stopped']} processes of {r['address']}"
+                  if r["stopped"] else r["message"])
+    else:
+        result = local.cluster_status(args.state_dir, args.address)
+
+        def human(r: dict) -> None:
+            print(f"{r['address']}: {len(r['nodes'])} node(s) alive, {r['worker_nodes']} autoscaled worker node(s)")
+            for n in r["nodes"]:
+                print(f"  {n['node_id']}  {'head' if n['head'] else 'worker'}  CPU {n['cpus']:g}")
+    emit(result, args.json, human)
 
 
 def cmd_quickstart(args: argparse.Namespace) -> None:
@@ -340,6 +405,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
     p.add_argument("--detach", action="store_true",
                    help="deploy and return (the app keeps running on the cluster; for Ray Jobs)")
+    p.add_argument("--proxy-location", choices=["EveryNode", "HeadOnly"], default="EveryNode",
+                   help="HTTP proxies on every node (clusters) or on the head only (a local autoscaling cluster)")
+
+    p = add("load-test", cmd_load_test,
+            "Drive a deployed endpoint with bounded load until it scales up, then watch it scale down "
+            "(replicas.csv, replicas.png).")
+    p.add_argument("url", metavar="URL", help="the endpoint's base URL (loopback only), e.g. http://127.0.0.1:8000")
+    p.add_argument("--image", required=True, help="JPEG or PNG sent with every request")
+    p.add_argument("--boxes", help="person boxes as JSON [[x, y, w, h], ...] (default: the whole image)")
+    p.add_argument("--address", help="the Ray cluster serving it (default: $RAY_ADDRESS)")
+    p.add_argument("--concurrency", type=int, default=16, help="concurrent clients (default 16)")
+    p.add_argument("--max-requests", type=int, default=5000, help="cap on requests sent (default 5000)")
+    p.add_argument("--max-seconds", type=float, default=180, help="cap on the load phase (default 180)")
+    p.add_argument("--until-replicas", type=int, default=3,
+                   help="stop the load once this many replicas run (default 3)")
+    p.add_argument("--hold-seconds", type=float, default=5, help="keep the load on this long after that (default 5)")
+    p.add_argument("--cooldown-seconds", type=float, default=180,
+                   help="wait at most this long for the replicas to scale back down (default 180)")
+    p.add_argument("--wait-nodes", action="store_true",
+                   help="also wait for the autoscaler to remove the worker nodes added under load")
+    p.add_argument("--out", default="load-test", help="folder for replicas.csv, replicas.png, load_test.json")
+
+    p = add("cluster", cmd_cluster,
+            "Start, inspect or stop a local autoscaling Ray cluster (fake multi-node provider, loopback only).")
+    p.add_argument("action", choices=["up", "down", "status"])
+    p.add_argument("--config", help="cluster-launcher YAML with provider type fake_multinode "
+                                    "(default: clusters/local-autoscale.yaml)")
+    p.add_argument("--port", type=int, default=6379, help="GCS port of the head (default 6379)")
+    p.add_argument("--dashboard-port", type=int, default=8265, help="dashboard / Ray Jobs port (default 8265)")
+    p.add_argument("--state-dir", help="where the head's PID, log and effective config are kept "
+                                       "(default: $CDKD_RAY_HOME/local-cluster or ~/.cache/cdkd-ray/local-cluster)")
+    p.add_argument("--address", help="status: a cluster address instead of the recorded local cluster")
 
     p = add("model-info", cmd_model_info, "Parameters and FLOPs of the student, the teacher and train-only modules.")
     p.add_argument("arch_or_config", metavar="ARCH_OR_CONFIG",
@@ -361,9 +458,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse a command line; KEY=VALUE overrides may also follow options that come after a positional."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    overrides = [a for a in extra if "=" in a and not a.startswith("-")]
+    if hasattr(args, "overrides") and overrides:
+        args.overrides = [*args.overrides, *overrides]
+        extra = [a for a in extra if a not in overrides]
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     try:
         args.func(args)
     except CdkdError as exc:

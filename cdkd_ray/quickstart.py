@@ -59,7 +59,7 @@ def run_quickstart(workdir: str, preset_name: str = "small") -> dict:
     workdir = os.path.abspath(workdir)
     data_dir, shard_root = os.path.join(workdir, "synth"), os.path.join(workdir, "shards")
     runs = os.path.join(workdir, "runs")
-    stages = _Stages(11)
+    stages = _Stages(12)
 
     stages.begin(f"synthetic COCO dataset -> {data_dir}")
     with tqdm(total=preset.train_images + preset.val_images, desc="synth", unit="img", disable=None) as bar:
@@ -117,9 +117,19 @@ def run_quickstart(workdir: str, preset_name: str = "small") -> dict:
     exported = export_student(students["cdkd"]["best_checkpoint"], export_dir, onnx=True, onnx_decode=True)
     print(f"  {export_dir}: {exported['parameters']:,} parameters (= baseline), ONNX {exported['onnx']}")
 
-    stages.begin("serve the student with Ray Serve and send a real request")
-    render_png, persons = _serve_and_request(export_dir, data_dir, workdir)
-    print(f"  {persons} person(s) answered; skeletons drawn in {render_png}")
+    stages.begin("serve the student with Ray Serve (autoscaling 1..3 replicas) and send a real request")
+    url, request = _serve(export_dir), _sample_request(data_dir)
+    try:
+        render_png, persons = _request_and_render(url, request, workdir)
+        print(f"  {persons} person(s) answered; skeletons drawn in {render_png}")
+        stages.begin("autoscaled serving: bounded load until replicas scale up, then none until they scale down")
+        scaling = _autoscale_demo(url, request, os.path.join(workdir, "serve_autoscale"))
+    finally:
+        from ray import serve
+
+        from cdkd_ray.serve.deploy import APP_NAME
+
+        serve.delete(APP_NAME)
 
     summary = {
         "workdir": workdir, "preset": preset_name, "synthetic_data": data_dir, "shards": shard_root,
@@ -130,6 +140,8 @@ def run_quickstart(workdir: str, preset_name: str = "small") -> dict:
         "cdkd": {"ap": students["cdkd"]["best_ap"], "checkpoint": students["cdkd"]["best_checkpoint"],
                  "curves": students["cdkd"]["curves_png"]},
         "student_export": export_dir, "onnx": exported["onnx"], "rendered_png": render_png,
+        "serve_autoscaling": {k: scaling[k] for k in ("start_replicas", "peak_replicas", "end_replicas",
+                                                      "scaled_up_after_s", "scaled_down_after_s", "plot")},
         "seconds": round(time.perf_counter() - stages.started, 1),
     }
     with open(os.path.join(workdir, "quickstart_summary.json"), "w") as f:
@@ -142,38 +154,70 @@ def run_quickstart(workdir: str, preset_name: str = "small") -> dict:
     print(f"  checkpoints:      {runs}")
     print(f"  student export:   {export_dir}  (serve it: cdkd-ray serve {export_dir})")
     print(f"  skeleton PNG:     {render_png}")
+    print(f"  replicas plot:    {scaling['plot']}")
     return summary
 
 
-def _serve_and_request(export_dir: str, data_dir: str, workdir: str) -> tuple[str, int]:
+# Autoscaling in the quickstart: replicas are added after 1 s above 2 ongoing requests each and removed
+# 5 s after the load stops (the defaults wait longer; a real deployment keeps them).
+QUICKSTART_SERVE = {"min_replicas": 1, "max_replicas": 3, "num_cpus": 0.5, "target_ongoing_requests": 2.0,
+                    "upscale_delay_s": 1.0, "downscale_delay_s": 5.0}
+
+
+@dataclass(frozen=True)
+class _Request:
+    image: bytes
+    boxes: list
+
+
+def _serve(export_dir: str) -> str:
     import socket
 
-    import httpx
-    from ray import serve
-
     from cdkd_ray.serve.app import ServeConfig
-    from cdkd_ray.serve.deploy import APP_NAME, run_serve
+    from cdkd_ray.serve.deploy import run_serve
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    url = run_serve(ServeConfig(model_uri=export_dir, min_replicas=1, max_replicas=1, num_cpus=0.5), "127.0.0.1", port)
-    try:
-        ann = json.load(open(os.path.join(data_dir, "annotations", "person_keypoints_val.json")))
-        image = ann["images"][0]
-        boxes = [a["bbox"] + [1.0] for a in ann["annotations"] if a["image_id"] == image["id"] and not a["iscrowd"]
-                 and a["num_keypoints"] > 0]
-        data = open(os.path.join(data_dir, "val", image["file_name"]), "rb").read()
-        params = {"boxes": json.dumps(boxes)} if boxes else {}
-        answer = httpx.post(f"{url}/v1/keypoints", content=data, params=params,
-                            headers={"content-type": "image/jpeg"}, timeout=120)
-        answer.raise_for_status()
-        render = httpx.post(f"{url}/v1/keypoints/render", content=data, params=params,
-                            headers={"content-type": "image/jpeg"}, timeout=120)
-        render.raise_for_status()
-        path = os.path.join(workdir, "served_skeletons.png")
-        with open(path, "wb") as f:
-            f.write(render.content)
-        return path, len(answer.json()["persons"])
-    finally:
-        serve.delete(APP_NAME)
+    return run_serve(ServeConfig(model_uri=export_dir, **QUICKSTART_SERVE), "127.0.0.1", port)
+
+
+def _sample_request(data_dir: str) -> _Request:
+    """The first val image and its people's boxes."""
+    with open(os.path.join(data_dir, "annotations", "person_keypoints_val.json")) as f:
+        ann = json.load(f)
+    image = ann["images"][0]
+    boxes = [a["bbox"] + [1.0] for a in ann["annotations"] if a["image_id"] == image["id"] and not a["iscrowd"]
+             and a["num_keypoints"] > 0]
+    with open(os.path.join(data_dir, "val", image["file_name"]), "rb") as f:
+        return _Request(f.read(), boxes)
+
+
+def _request_and_render(url: str, request: _Request, workdir: str) -> tuple[str, int]:
+    import httpx
+
+    params = {"boxes": json.dumps(request.boxes)} if request.boxes else {}
+    headers = {"content-type": "image/jpeg"}
+    answer = httpx.post(f"{url}/v1/keypoints", content=request.image, params=params, headers=headers, timeout=120)
+    answer.raise_for_status()
+    render = httpx.post(f"{url}/v1/keypoints/render", content=request.image, params=params, headers=headers,
+                        timeout=120)
+    render.raise_for_status()
+    path = os.path.join(workdir, "served_skeletons.png")
+    with open(path, "wb") as f:
+        f.write(render.content)
+    return path, len(answer.json()["persons"])
+
+
+def _autoscale_demo(url: str, request: _Request, out_dir: str) -> dict:
+    from cdkd_ray.serve.load_test import LoadPlan, run_load_test
+
+    plan = LoadPlan(concurrency=12, max_requests=2000, max_seconds=90, until_replicas=QUICKSTART_SERVE["max_replicas"],
+                    hold_seconds=2, cooldown_seconds=90)
+    r = run_load_test(url, request.image, [b[:4] for b in request.boxes], plan, out_dir)
+    load = r["load"]
+    print(f"  {load['sent']} requests ({load['failed']} failed) at {load['rps']:.1f} req/s; replicas "
+          f"{r['start_replicas']} -> {r['peak_replicas']} (after {r['scaled_up_after_s']}s) -> {r['end_replicas']} "
+          f"({r['scaled_down_after_s']}s after the load stopped)")
+    print(f"  {r['plot']}")
+    return r

@@ -74,10 +74,11 @@ def ray_session(s3_server):
     """One local Ray for the whole session (started after the S3 env so workers inherit it)."""
     import ray
 
-    os.environ.setdefault("RAY_DATA_PARQUET_FOOTER_NUM_ACTORS", "1")
-    ray.init(num_cpus=8, include_dashboard=False, object_store_memory=512 * 1024 * 1024,
-             _node_ip_address="127.0.0.1", log_to_driver=False,
-             runtime_env={"env_vars": {"RAY_DATA_PARQUET_FOOTER_NUM_ACTORS": "1"}})
+    from cdkd_ray.ray_runtime import DATA_ENV
+
+    os.environ.update(DATA_ENV)
+    ray.init(address="local", num_cpus=8, include_dashboard=False, object_store_memory=512 * 1024 * 1024,
+             _node_ip_address="127.0.0.1", log_to_driver=False, runtime_env={"env_vars": DATA_ENV})
     import ray.data
 
     ray.data.DataContext.get_current().enable_progress_bars = False

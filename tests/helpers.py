@@ -17,3 +17,22 @@ def run_cli(*args: str, check: bool = False, timeout: float = 600, env=None) -> 
 
 def last_json(proc: subprocess.CompletedProcess) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def random_student_export(folder: str, seed: int = 7) -> str:
+    """An exported ResNet-18 student (128x96 input) with random weights: for serving tests."""
+    import os
+
+    import torch
+
+    from cdkd_ray.distill.losses import DistillStudent
+    from cdkd_ray.models.export import export_student
+    from cdkd_ray.models.pose_resnet import ModelConfig, PoseResNet
+    from cdkd_ray.train.checkpoint import save_checkpoint
+
+    torch.manual_seed(seed)
+    module = DistillStudent(PoseResNet(ModelConfig()), None)
+    save_checkpoint(os.path.join(folder, "ckpt"), module.state_dict(), None, {
+        "epoch": 0, "metrics": {"AP": 0.1}, "config": {"data": {"input_size": [128, 96], "heatmap_size": [32, 24]}}})
+    export_student(os.path.join(folder, "ckpt"), os.path.join(folder, "export"))
+    return os.path.join(folder, "export")

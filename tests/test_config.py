@@ -40,3 +40,15 @@ def test_bad_configs_are_named(overrides, message):
     with pytest.raises(ConfigError) as info:
         from_dict(Outer, apply_overrides({}, overrides))
     assert message in str(info.value)
+
+
+def test_cli_overrides_may_follow_options_after_a_positional(capsys):
+    from cdkd_ray.cli import parse_args
+
+    args = parse_args(["serve", "model_dir", "max_batch_size=8", "--port", "9000", "--detach",
+                       "target_ongoing_requests=2", "downscale_delay_s=5"])
+    assert args.model == "model_dir" and args.port == 9000 and args.detach
+    assert args.overrides == ["max_batch_size=8", "target_ongoing_requests=2", "downscale_delay_s=5"]
+    with pytest.raises(SystemExit):
+        parse_args(["serve", "model_dir", "--port", "9000", "stray"])
+    assert "unrecognized arguments: stray" in capsys.readouterr().err

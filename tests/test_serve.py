@@ -13,24 +13,14 @@ import torch
 from cdkd_ray.models.checkpoints import load_pose_model
 from cdkd_ray.models.inference import predict_keypoints
 from tests.conftest import _free_port
+from tests.helpers import random_student_export
 
 pytestmark = pytest.mark.timeout(300)
 
 
 @pytest.fixture(scope="module")
 def student_export(tmp_path_factory) -> str:
-    from cdkd_ray.distill.losses import DistillStudent
-    from cdkd_ray.models.export import export_student
-    from cdkd_ray.models.pose_resnet import ModelConfig, PoseResNet
-    from cdkd_ray.train.checkpoint import save_checkpoint
-
-    tmp = tmp_path_factory.mktemp("student")
-    torch.manual_seed(7)
-    module = DistillStudent(PoseResNet(ModelConfig()), None)
-    save_checkpoint(str(tmp / "ckpt"), module.state_dict(), None, {
-        "epoch": 0, "metrics": {"AP": 0.1}, "config": {"data": {"input_size": [128, 96], "heatmap_size": [32, 24]}}})
-    export_student(str(tmp / "ckpt"), str(tmp / "export"))
-    return str(tmp / "export")
+    return random_student_export(str(tmp_path_factory.mktemp("student")))
 
 
 @pytest.fixture(scope="module")

@@ -86,13 +86,18 @@ def s3_filesystem(endpoint: str | None = None) -> fsspec.AbstractFileSystem:
     return s3fs.S3FileSystem(client_kwargs=client_kwargs, use_listings_cache=False)
 
 
+def absolute_uri(uri: str) -> str:
+    """s3:// URIs unchanged; local paths made absolute (processes on other nodes have another cwd)."""
+    return uri if is_s3(uri) else os.path.abspath(os.path.expanduser(uri))
+
+
 def resolve(uri: str, s3_endpoint_url: str | None = None) -> Location:
     """Turn a local path or s3:// URI into a Location."""
     if is_s3(uri):
         fs = s3_filesystem(s3_endpoint_url)
         path = uri.split("://", 1)[1].rstrip("/")
         return Location(fs, path, "s3://" + path)
-    path = os.path.abspath(os.path.expanduser(uri))
+    path = absolute_uri(uri)
     return Location(fsspec.filesystem("file"), path, path)
 
 

@@ -7,7 +7,7 @@ import json
 from typing import Literal
 
 from cdkd_ray.config import to_dict
-from cdkd_ray.data.storage import pyarrow_filesystem, resolve
+from cdkd_ray.data.storage import absolute_uri, pyarrow_filesystem, resolve
 from cdkd_ray.errors import CdkdError
 from cdkd_ray.train.config import ExperimentConfig
 
@@ -51,8 +51,10 @@ def run_training(cfg: ExperimentConfig, mode: Mode, data_uri: str, storage_uri: 
     from cdkd_ray.ray_runtime import ensure_ray
 
     cfg = experiment_for_mode(cfg, mode)
+    data_uri = absolute_uri(data_uri)
     distilling = mode == "distill" and cfg.distill.enabled
     teacher_checkpoint = teacher_checkpoint or cfg.teacher.checkpoint
+    teacher_checkpoint = absolute_uri(teacher_checkpoint) if teacher_checkpoint else None
     teacher_arch, teacher_deconv = None, 256
     if distilling:
         if not teacher_checkpoint:

@@ -10,7 +10,7 @@ import os
 import yaml
 
 from cdkd_ray.config import apply_overrides, from_dict, load_config, read_yaml_mapping, to_dict
-from cdkd_ray.data.storage import resolve
+from cdkd_ray.data.storage import absolute_uri, resolve
 from cdkd_ray.errors import CdkdError
 from cdkd_ray.train.config import ExperimentConfig
 from cdkd_ray.tune.config import SweepConfig, tune_space
@@ -63,6 +63,7 @@ def run_sweep(sweep: SweepConfig, data_uri: str, storage_uri: str, name: str, te
     if resume and not exists:
         raise CdkdError(f"nothing to resume: no sweep named '{name}' in {storage.uri}")
     ensure_ray(ray_address)
+    data_uri, teacher = absolute_uri(data_uri), (absolute_uri(teacher) if teacher else None)
     base = {"experiment": to_dict(experiment), "data": data_uri, "teacher": teacher, "s3_endpoint": s3_endpoint,
             "train_storage": sweep_dir.join(TRAIN_RUNS).uri}
     trainable = tune.with_resources(_trial_fn, {"CPU": 0.01})
@@ -107,8 +108,11 @@ def write_sweep_outputs(results, sweep: SweepConfig, sweep_dir, experiment: Expe
 
     keys = list(sweep.search)
     rows = []
+    failed = [r for r in results if r.error is not None]
+    if failed and len(failed) == len(results):
+        raise CdkdError(f"all {len(failed)} trials failed; the first error:\n{failed[0].error}")
     for result in results:
-        if result.metrics is None or not result.metrics:
+        if not result.metrics or sweep.metric not in result.metrics:
             continue
         m = result.metrics
         best_ap = m.get(sweep.metric, 0.0)

@@ -1,0 +1,1 @@
+"""A local autoscaling Ray cluster for laptops and tests."""
