@@ -140,14 +140,9 @@ def write_report(runs: str, seeds: list[int], work: str, teacher_label: str, stu
 
 def plot_ap(teacher: dict, students: dict[str, list[dict]]) -> bytes:
     """Val AP at every evaluated epoch: each seed thin, the seed mean thick, the teacher's best dashed."""
-    import io
+    from cdkd_ray.plots import subplots, to_png
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = subplots(figsize=(7, 4))
     for (kind, rs), color in zip(students.items(), ("tab:gray", "tab:red")):
         curves = [[(h["epoch"] + 1, h["AP"]) for h in r["history"] if "AP50" in h] for r in rs]
         for curve in curves:
@@ -161,11 +156,7 @@ def plot_ap(teacher: dict, students: dict[str, list[dict]]) -> bytes:
     ax.set_title("CDKD vs the plain baseline: same data, schedule and seeds")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    return buf.getvalue()
+    return to_png(fig)
 
 
 if __name__ == "__main__":

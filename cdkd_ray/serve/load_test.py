@@ -153,13 +153,10 @@ def _atomic_write(path: str, data: bytes) -> None:
 
 
 def plot_timeline(rows: list[dict]) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from cdkd_ray.plots import subplots, to_png
 
     t = [r["t"] for r in rows]
-    fig, ax = plt.subplots(figsize=(7.5, 3.4))
+    fig, ax = subplots(figsize=(7.5, 3.4))
     load = [r["t"] for r in rows if r["phase"] == "load"]
     if load:
         ax.axvspan(min(load), max(load), color="tab:orange", alpha=0.15, label="load on")
@@ -173,8 +170,4 @@ def plot_timeline(rows: list[dict]) -> bytes:
     ax.grid(alpha=0.3)
     ax.legend(loc="upper right", fontsize=8)
     ax.set_title("Serve autoscaling under load")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    return buf.getvalue()
+    return to_png(fig)

@@ -39,15 +39,10 @@ def write_tensorboard(history: list[dict], run_dir: Location) -> str:
 
 def plot_curves(history: list[dict], title: str) -> bytes:
     """PNG bytes: loss terms and AP against epochs."""
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from cdkd_ray.plots import subplots, to_png
 
     epochs = [h["epoch"] + 1 for h in history]
-    fig, (ax_loss, ax_ap) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, (ax_loss, ax_ap) = subplots(1, 2, figsize=(10, 3.8))
     for key, label in CURVE_KEYS:
         values = [h.get(key) for h in history]
         if any(v is not None for v in values):
@@ -65,11 +60,7 @@ def plot_curves(history: list[dict], title: str) -> bytes:
     ax_ap.legend(fontsize=8)
     ax_ap.grid(alpha=0.3)
     fig.suptitle(title)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    return buf.getvalue()
+    return to_png(fig)
 
 
 def write_run_outputs(history: list[dict], run_dir: Location, title: str) -> dict:

@@ -172,12 +172,9 @@ def best_checkpoint_of(results, trial_id: str, metric: str, remote: bool) -> str
 
 
 def plot_sweep(rows: list[dict], keys: list[str]) -> bytes:
-    import matplotlib
+    from cdkd_ray.plots import subplots, to_png
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys), 3.2), squeeze=False)
+    fig, axes = subplots(1, len(keys), figsize=(3.6 * len(keys), 3.2), squeeze=False)
     for ax, key in zip(axes[0], keys):
         values = [r[key] for r in rows]
         numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
@@ -188,8 +185,4 @@ def plot_sweep(rows: list[dict], keys: list[str]) -> bytes:
         ax.set_ylabel("best val AP")
         ax.grid(alpha=0.3)
     fig.suptitle("sweep: AP per trial (red: stopped early by ASHA)")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    return buf.getvalue()
+    return to_png(fig)
