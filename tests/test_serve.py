@@ -140,3 +140,18 @@ def test_killing_a_replica_does_not_fail_later_requests(server, coco_mini):
     codes = [httpx.post(f"{url}/v1/keypoints", content=good, headers={"content-type": "image/jpeg"}, timeout=60).status_code
              for _ in range(10)]
     assert codes == [200] * 10
+
+
+@pytest.mark.parametrize("url, allowed", [
+    ("http://127.0.0.1:8000", True), ("http://127.8.9.1", True), ("http://localhost:1", True), ("http://[::1]:80", True),
+    ("http://10.0.0.1:8000", False), ("http://192.168.1.2", False), ("http://172.16.0.1", False),
+    ("https://example.com", False)])
+def test_load_generator_only_targets_loopback(url, allowed):
+    from cdkd_ray.errors import CdkdError
+    from cdkd_ray.serve.loadgen import check_loopback
+
+    if allowed:
+        check_loopback(url)
+    else:
+        with pytest.raises(CdkdError, match="only loopback"):
+            check_loopback(url)
