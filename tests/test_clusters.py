@@ -73,6 +73,8 @@ def test_ray_jobs_round_trip_on_a_local_head(synth_shards, tmp_path):
     env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "RAY_AUTH_MODE": "disabled"}
     start = subprocess.run(["ray", "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
                             f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1", "--num-cpus=6",
+                            # the agent's default port (52365) is taken by any other Ray on the machine
+                            f"--dashboard-agent-listen-port={_free_port()}",
                             f"--temp-dir={temp}", "--include-dashboard=true", "--disable-usage-stats"],
                            capture_output=True, text=True, timeout=120, env=env)
     assert start.returncode == 0, start.stderr

@@ -56,6 +56,13 @@ def _port_free(port: int) -> bool:
     return True
 
 
+def _any_free_port() -> int:
+    """A free loopback port (the dashboard agent's default, 52365, is taken by any other Ray here)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
 def _ray_executable() -> str:
     beside = os.path.join(os.path.dirname(sys.executable), "ray")
     found = beside if os.path.exists(beside) else shutil.which("ray")
@@ -130,7 +137,8 @@ def cluster_up(config: str | None = None, port: int = 6379, dashboard_port: int 
     log = os.path.join(state_dir, "head.log")
     cmd = [_ray_executable(), "start", "--head", "--block", f"--node-ip-address={HOST}", f"--port={port}",
            "--num-cpus=0", f"--autoscaling-config={effective}", f"--dashboard-host={HOST}",
-           f"--dashboard-port={dashboard_port}", "--object-store-memory=268435456", "--disable-usage-stats"]
+           f"--dashboard-port={dashboard_port}", f"--dashboard-agent-listen-port={_any_free_port()}",
+           "--object-store-memory=268435456", "--disable-usage-stats"]
     # A throwaway single-user cluster: token auth off, so drivers connect with a plain --address.
     env = {**_driver_env(), "RAY_FAKE_CLUSTER": "1"}
     with open(log, "wb") as out:
