@@ -80,7 +80,8 @@ def main() -> None:
              else f"given ({args.teacher})")
     report = write_report(runs, args.seeds, work, label, args.student_epochs, args.teacher)
     print("\n" + report["table"])
-    print(f"\nCDKD - baseline: {report['gain']:+.4f} AP (mean over seeds); {time.perf_counter() - started:.0f}s in all")
+    print(f"\nCDKD - baseline: {report['gain']:+.4f} AP, CDKD / baseline: {report['ratio']:.2f}x (means over seeds); "
+          f"{time.perf_counter() - started:.0f}s in all")
     print(f"table {report['markdown']}\nplot  {report['plot']}")
     if args.json:
         print(json.dumps({k: v for k, v in report.items() if k != "table"}))
@@ -138,7 +139,8 @@ def write_report(runs: str, seeds: list[int], work: str, teacher_label: str, stu
                        for k, rs in students.items() for s, r in zip(seeds, rs)],
               "baseline_mean": stats["baseline"]["best_ap"][0], "baseline_std": stats["baseline"]["best_ap"][1],
               "cdkd_mean": stats["cdkd"]["best_ap"][0], "cdkd_std": stats["cdkd"]["best_ap"][1],
-              "gain": gain, "table": table, **paths}
+              "gain": gain, "ratio": stats["cdkd"]["best_ap"][0] / max(stats["baseline"]["best_ap"][0], 1e-12),
+              "table": table, **paths}
     with open(paths["json"], "w") as f:
         json.dump({k: v for k, v in result.items() if k != "table"}, f, indent=1)
     return result
