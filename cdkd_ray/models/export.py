@@ -114,7 +114,8 @@ def export_onnx(model: PoseResNet, path: str, input_size: tuple[int, int], heatm
     try:
         import onnx  # noqa: F401
     except ImportError:
-        raise CheckpointError("ONNX export needs the 'export' extra: pip install 'cdkd-ray[export]'") from None
+        raise CheckpointError("ONNX export needs the onnx package, a base dependency: run `pip install -e .` "
+                              "(or `pip install onnx onnxruntime`)") from None
     module: nn.Module = HeatmapDecoder(model, input_size, heatmap_size) if with_decode else model
     module.eval()
     outputs = ["keypoints", "scores"] if with_decode else ["heatmaps"]

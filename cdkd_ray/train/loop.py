@@ -14,7 +14,7 @@ import torch
 
 from cdkd_ray.config import from_dict, to_dict
 from cdkd_ray.data.transforms import normalize_images
-from cdkd_ray.distill.losses import CDKDLoss, DistillStudent
+from cdkd_ray.distill.losses import CDKDLoss, DistillStudent, heatmap_mse
 from cdkd_ray.models.inference import predict_keypoints
 from cdkd_ray.models.pose_resnet import PoseResNet
 from cdkd_ray.train.checkpoint import load_checkpoint, save_checkpoint
@@ -22,7 +22,7 @@ from cdkd_ray.train.coco_eval import evaluate_keypoints, predictions_to_results
 from cdkd_ray.train.config import ExperimentConfig
 
 TRAINER_STATE_VERSION = 1
-LOSS_TERMS = ("loss", "loss_gt", "loss_inter", "loss_final")
+LOSS_TERMS = ("loss", "loss_gt", "loss_gt_zeros", "loss_inter", "loss_final")
 
 
 def learning_rate(cfg, step: int, epoch: int) -> float:
@@ -153,6 +153,7 @@ def train_loop_per_worker(config: dict) -> None:
                 optimizer.step()
             if not math.isfinite(loss.item()):
                 raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch}, step {steps}")
+            terms["loss_gt_zeros"] = heatmap_mse(torch.zeros_like(target), target, weight)  # predicting nothing
             for key in LOSS_TERMS:
                 if key in terms:
                     sums[key] += float(terms[key])
@@ -164,7 +165,7 @@ def train_loop_per_worker(config: dict) -> None:
                    "steps": steps, "images_per_s": images_seen * world / max(seconds, 1e-9),
                    "epoch_seconds": seconds, "data_digest": digest.hexdigest(),
                    "node_id": ray.get_runtime_context().get_node_id()}
-        metrics.update({k: sums[k] / steps for k in LOSS_TERMS if steps and (k in ("loss", "loss_gt") or distilling)})
+        metrics.update({k: sums[k] / steps for k in LOSS_TERMS if steps and (k in ("loss", "loss_gt", "loss_gt_zeros") or distilling)})
         is_eval_epoch = (epoch + 1) % cfg.train.val_every == 0 or epoch + 1 == cfg.train.epochs
         if rank == 0 and is_eval_epoch:
             raw = model.module.student if hasattr(model, "module") else model.student

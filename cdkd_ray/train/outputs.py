@@ -8,7 +8,8 @@ import tempfile
 
 from cdkd_ray.data.storage import Location
 
-CURVE_KEYS = (("loss", "total"), ("loss_gt", "GT heatmaps"), ("loss_inter", "intermediate (x1)"),
+CURVE_KEYS = (("loss", "total"), ("loss_gt", "GT heatmaps"), ("loss_gt_zeros", "GT, all-zero heatmaps"),
+              ("loss_inter", "intermediate (x1)"),
               ("loss_final", "final (x1)"))
 
 

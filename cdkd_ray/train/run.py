@@ -131,10 +131,17 @@ def summarize_run(result, run_dir, cfg: ExperimentConfig, mode: Mode, name: str,
         "arch": cfg.model.arch, "epochs": len(history),
         "best_ap": best_state["metrics"].get("AP", 0.0), "best_epoch": best_state["epoch"],
         "best_checkpoint": as_uri(best_path), "latest_checkpoint": as_uri(latest.path),
-        "final_ap": history[-1].get("AP", 0.0), "run_dir": run_dir.uri, **outputs,
+        "final_ap": history[-1].get("AP", 0.0), "run_dir": run_dir.uri, **gt_loss_progress(history), **outputs,
     }
     run_dir.join("summary.json").write_bytes(json.dumps(summary, indent=1).encode())
     return summary
+
+
+def gt_loss_progress(history: list[dict]) -> dict:
+    """GT heatmap loss of the first and last epoch, and the last against predicting all-zero heatmaps."""
+    first, last = history[0].get("loss_gt", float("nan")), history[-1].get("loss_gt", float("nan"))
+    zeros = history[-1].get("loss_gt_zeros") or float("nan")
+    return {"loss_gt_first": first, "loss_gt_last": last, "loss_gt_vs_zeros": last / zeros}
 
 
 def summary_line(summary: dict) -> str:
