@@ -22,13 +22,13 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cdkd_ray.coco.images import decode_bgr  # noqa: E402
-from cdkd_ray.coco.shard import shard_coco  # noqa: E402
-from cdkd_ray.coco.synth import synth_split  # noqa: E402
-from cdkd_ray.data.config import DataConfig  # noqa: E402
-from cdkd_ray.data.instances import build_instances  # noqa: E402
-from cdkd_ray.data.shard_reader import iter_shard_rows  # noqa: E402
-from cdkd_ray.data.transforms import box_to_center_scale, crop_affine, sample_augment  # noqa: E402
+from cdkd_ray.core.coco.images import decode_bgr  # noqa: E402
+from cdkd_ray.core.shards import shard_coco  # noqa: E402
+from cdkd_ray.core.coco.synth import synth_split  # noqa: E402
+from cdkd_ray.core.data_config import DataConfig  # noqa: E402
+from cdkd_ray.core.instances import build_instances  # noqa: E402
+from cdkd_ray.core.shard_reader import iter_shard_rows  # noqa: E402
+from cdkd_ray.core.geometry import box_to_center_scale, crop_affine, sample_augment  # noqa: E402
 
 
 def reference_target(joint_set: np.ndarray, mat: np.ndarray, cfg: DataConfig) -> np.ndarray:
@@ -79,8 +79,8 @@ def reference_instances(rows: dict, cfg: DataConfig, rng: np.random.Generator) -
 
 def targets_vectorised(joints: np.ndarray, mats: np.ndarray, cfg: DataConfig) -> int:
     """Only the keypoint transform + targets, batched."""
-    from cdkd_ray.data.heatmaps import encode_heatmaps
-    from cdkd_ray.data.transforms import apply_affine
+    from cdkd_ray.core.codec import encode_heatmaps
+    from cdkd_ray.core.geometry import apply_affine
 
     crop = apply_affine(joints[..., :2], mats)
     encode_heatmaps(crop, joints[..., 2], cfg.input_size, cfg.heatmap_size, cfg.sigma)
@@ -101,7 +101,7 @@ def time_local(rows_list, fn) -> tuple[float, int]:
 
 
 def ray_stream_rate(uri: str, cfg: DataConfig, repeats: int = 2) -> float:
-    from cdkd_ray.data.pipeline import build_dataset
+    from cdkd_ray.ray_adapters.pipeline import build_dataset
 
     best = 0.0
     for _ in range(repeats):

@@ -24,11 +24,11 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cdkd_ray.coco.shard import shard_coco  # noqa: E402
-from cdkd_ray.coco.synth import synth_split  # noqa: E402
-from cdkd_ray.config import load_config  # noqa: E402
-from cdkd_ray.train.config import ExperimentConfig  # noqa: E402
-from cdkd_ray.train.run import run_training  # noqa: E402
+from cdkd_ray.core.shards import shard_coco  # noqa: E402
+from cdkd_ray.core.coco.synth import synth_split  # noqa: E402
+from cdkd_ray.core.config import load_config  # noqa: E402
+from cdkd_ray.core.experiment import ExperimentConfig  # noqa: E402
+from cdkd_ray.ray_adapters.train_driver import run_training  # noqa: E402
 
 
 def main() -> None:
@@ -148,7 +148,7 @@ def write_report(runs: str, seeds: list[int], work: str, teacher_label: str, stu
 
 def plot_ap(teacher: dict, students: dict[str, list[dict]]) -> bytes:
     """Val AP at every evaluated epoch: each seed thin, the seed mean thick, the teacher's best dashed."""
-    from cdkd_ray.plots import subplots, to_png
+    from cdkd_ray.core.plots import subplots, to_png
 
     fig, ax = subplots(figsize=(7, 4))
     for (kind, rs), color in zip(students.items(), ("tab:gray", "tab:red")):

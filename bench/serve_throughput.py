@@ -22,16 +22,16 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cdkd_ray.serve.loadgen import drive_load, latency_stats  # noqa: E402
+from cdkd_ray.ray_adapters.serve.loadgen import drive_load, latency_stats  # noqa: E402
 
 
 def make_student(folder: str, input_size=(128, 96)) -> str:
     import torch
 
-    from cdkd_ray.distill.losses import DistillStudent
-    from cdkd_ray.models.export import export_student
-    from cdkd_ray.models.pose_resnet import ModelConfig, PoseResNet
-    from cdkd_ray.train.checkpoint import save_checkpoint
+    from cdkd_ray.core.losses import DistillStudent
+    from cdkd_ray.core.models.export import export_student
+    from cdkd_ray.core.models.pose_resnet import ModelConfig, PoseResNet
+    from cdkd_ray.core.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
     module = DistillStudent(PoseResNet(ModelConfig()), None)
@@ -45,7 +45,7 @@ def make_student(folder: str, input_size=(128, 96)) -> str:
 def bare(student: str, image_bgr: np.ndarray, box: np.ndarray, n: int) -> dict:
     import torch
 
-    from cdkd_ray.serve.runtime import StudentRuntime
+    from cdkd_ray.core.serving.runtime import StudentRuntime
 
     torch.set_num_threads(1)  # the same as one Serve replica
     rt = StudentRuntime(student)
@@ -90,8 +90,8 @@ def main() -> None:
 
     from ray import serve
 
-    from cdkd_ray.serve.app import ServeConfig
-    from cdkd_ray.serve.deploy import APP_NAME, run_serve
+    from cdkd_ray.ray_adapters.serve.app import ServeConfig
+    from cdkd_ray.ray_adapters.serve.deploy import APP_NAME, run_serve
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

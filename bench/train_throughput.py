@@ -21,10 +21,10 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cdkd_ray.coco.shard import shard_coco  # noqa: E402
-from cdkd_ray.coco.synth import synth_split  # noqa: E402
-from cdkd_ray.config import load_config  # noqa: E402
-from cdkd_ray.train.config import ExperimentConfig  # noqa: E402
+from cdkd_ray.core.shards import shard_coco  # noqa: E402
+from cdkd_ray.core.coco.synth import synth_split  # noqa: E402
+from cdkd_ray.core.config import load_config  # noqa: E402
+from cdkd_ray.core.experiment import ExperimentConfig  # noqa: E402
 
 GLOBAL_BATCH = 16
 
@@ -32,11 +32,11 @@ GLOBAL_BATCH = 16
 def plain_loop(shards: str, cfg: ExperimentConfig, steps: int) -> float:
     import torch
 
-    from cdkd_ray.data.instances import build_instances
-    from cdkd_ray.data.shard_reader import iter_shard_rows
-    from cdkd_ray.data.transforms import normalize_images
-    from cdkd_ray.distill.losses import heatmap_mse
-    from cdkd_ray.models.pose_resnet import PoseResNet
+    from cdkd_ray.core.instances import build_instances
+    from cdkd_ray.core.shard_reader import iter_shard_rows
+    from cdkd_ray.core.geometry import normalize_images
+    from cdkd_ray.core.losses import heatmap_mse
+    from cdkd_ray.core.models.pose_resnet import PoseResNet
 
     torch.set_num_threads(2)
     inst = [build_instances(r, cfg.data, True) for r in iter_shard_rows(shards, "train", 16)]
@@ -59,7 +59,7 @@ def plain_loop(shards: str, cfg: ExperimentConfig, steps: int) -> float:
 
 
 def ray_train_rate(shards: str, storage: str, name: str, overrides: list[str], teacher: str | None = None) -> float:
-    from cdkd_ray.train.run import run_training
+    from cdkd_ray.ray_adapters.train_driver import run_training
 
     cfg = load_config(ExperimentConfig, "tiny", ["train.epochs=2", "train.max_steps_per_epoch=1000",
                                                  "train.val_every=100", *overrides])
@@ -79,9 +79,9 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
-    from cdkd_ray.models.info import model_info
-    from cdkd_ray.models.pose_resnet import ModelConfig, PoseResNet
-    from cdkd_ray.ray_runtime import ensure_ray
+    from cdkd_ray.core.models.info import model_info
+    from cdkd_ray.core.models.pose_resnet import ModelConfig, PoseResNet
+    from cdkd_ray.ray_adapters.runtime import ensure_ray
 
     work = tempfile.mkdtemp(prefix="cdkd-train-bench-")
     synth_split(work, "train", args.images, seed=0)

@@ -1,3 +1,3 @@
-from cdkd_ray.cli import main
+from cdkd_ray.apps.cli import main
 
 main()

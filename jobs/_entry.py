@@ -13,6 +13,6 @@ import sys
 
 def run(command: str) -> None:
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from cdkd_ray.cli import main
+    from cdkd_ray.apps.cli import main
 
     main([command, *sys.argv[1:]])

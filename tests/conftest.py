@@ -29,7 +29,7 @@ def coco_mini() -> Path:
 @pytest.fixture(scope="session")
 def synth_dir(tmp_path_factory) -> Path:
     """A small synthetic COCO dataset shared by the session."""
-    from cdkd_ray.coco.synth import synth_split
+    from cdkd_ray.core.coco.synth import synth_split
 
     out = tmp_path_factory.mktemp("synth")
     synth_split(str(out), "train", 24, seed=3)
@@ -74,7 +74,7 @@ def ray_session(s3_server):
     """One local Ray for the whole session (started after the S3 env so workers inherit it)."""
     import ray
 
-    from cdkd_ray.ray_runtime import DATA_ENV
+    from cdkd_ray.ray_adapters.runtime import DATA_ENV
 
     os.environ.update(DATA_ENV)
     ray.init(address="local", num_cpus=8, include_dashboard=False, object_store_memory=512 * 1024 * 1024,
@@ -89,7 +89,7 @@ def ray_session(s3_server):
 @pytest.fixture(scope="session")
 def synth_shards(synth_dir, tmp_path_factory) -> str:
     """The session's synthetic set, sharded to a local folder (train and val)."""
-    from cdkd_ray.coco.shard import shard_coco
+    from cdkd_ray.core.shards import shard_coco
 
     root = tmp_path_factory.mktemp("shards")
     for split in ("train", "val"):

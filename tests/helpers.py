@@ -25,10 +25,10 @@ def random_student_export(folder: str, seed: int = 7) -> str:
 
     import torch
 
-    from cdkd_ray.distill.losses import DistillStudent
-    from cdkd_ray.models.export import export_student
-    from cdkd_ray.models.pose_resnet import ModelConfig, PoseResNet
-    from cdkd_ray.train.checkpoint import save_checkpoint
+    from cdkd_ray.core.losses import DistillStudent
+    from cdkd_ray.core.models.export import export_student
+    from cdkd_ray.core.models.pose_resnet import ModelConfig, PoseResNet
+    from cdkd_ray.core.checkpoint import save_checkpoint
 
     torch.manual_seed(seed)
     module = DistillStudent(PoseResNet(ModelConfig()), None)

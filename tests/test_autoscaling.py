@@ -82,7 +82,7 @@ def test_sweep_trials_run_on_autoscaled_nodes_that_go_away(local_cluster, synth_
     teacher = tmp_path / "teacher.pth"
     import torch
 
-    from cdkd_ray.models.pose_resnet import ModelConfig, PoseResNet
+    from cdkd_ray.core.models.pose_resnet import ModelConfig, PoseResNet
 
     torch.save(PoseResNet(ModelConfig()).state_dict(), teacher)
     config = tmp_path / "sweep.yaml"

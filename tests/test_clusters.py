@@ -43,11 +43,11 @@ def test_kuberay_manifests_and_serve_configs_parse():
     assert set(kinds) == {"RayCluster", "RayJob", "RayService"}
     assert kinds["RayCluster"]["spec"]["enableInTreeAutoscaling"] is True
     serve_cfg = ServeDeploySchema.model_validate(yaml.safe_load(kinds["RayService"]["spec"]["serveConfigV2"]))
-    assert serve_cfg.applications[0].import_path == "cdkd_ray.serve.app:app_builder"
+    assert serve_cfg.applications[0].import_path == "cdkd_ray.ray_adapters.serve.app:app_builder"
     example = yaml.safe_load((REPO / "cdkd_ray" / "serve" / "serve_config.example.yaml").read_text())
     ServeDeploySchema.model_validate(example)
-    from cdkd_ray.config import from_dict
-    from cdkd_ray.serve.app import ServeConfig
+    from cdkd_ray.core.config import from_dict
+    from cdkd_ray.ray_adapters.serve.app import ServeConfig
 
     for app in (serve_cfg.applications[0].args, example["applications"][0]["args"]):
         from_dict(ServeConfig, app, "serve")  # the app builder accepts exactly these args
@@ -80,7 +80,7 @@ def test_ray_jobs_round_trip_on_a_local_head(synth_shards, tmp_path):
     assert start.returncode == 0, start.stderr
     try:
         teacher = tmp_path / "teacher.pth"
-        from cdkd_ray.models.pose_resnet import ModelConfig, PoseResNet
+        from cdkd_ray.core.models.pose_resnet import ModelConfig, PoseResNet
 
         torch.save(PoseResNet(ModelConfig()).state_dict(), teacher)
         client = JobSubmissionClient(f"http://127.0.0.1:{dash}")

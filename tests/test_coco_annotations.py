@@ -3,9 +3,9 @@ import math
 
 import pytest
 
-from cdkd_ray.coco.annotations import parse_coco_keypoints
-from cdkd_ray.coco.keypoints import FLIP_PAIRS, KEYPOINT_NAMES, OKS_SIGMAS, flip_index, person_category
-from cdkd_ray.errors import DataValidationError
+from cdkd_ray.core.coco.annotations import parse_coco_keypoints
+from cdkd_ray.core.keypoints import FLIP_PAIRS, KEYPOINT_NAMES, OKS_SIGMAS, flip_index, person_category
+from cdkd_ray.core.errors import DataValidationError
 
 
 def doc(images=None, annotations=None, categories=None) -> dict:

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from cdkd_ray.coco.keypoints import FLIP_PAIRS
-from cdkd_ray.data.heatmaps import crop_to_image, decode_heatmaps, encode_heatmaps, flip_back, heatmap_to_input
-from cdkd_ray.data.transforms import (
+from cdkd_ray.core.keypoints import FLIP_PAIRS
+from cdkd_ray.core.codec import crop_to_image, decode_heatmaps, encode_heatmaps, flip_back, heatmap_to_input
+from cdkd_ray.core.geometry import (
     apply_affine, box_to_center_scale, crop_affine, flip_joints_order, half_body_center_scale,
 )
 

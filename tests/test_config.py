@@ -3,8 +3,8 @@ from typing import Literal, Optional
 
 import pytest
 
-from cdkd_ray.config import apply_overrides, from_dict, to_dict
-from cdkd_ray.errors import ConfigError
+from cdkd_ray.core.config import apply_overrides, from_dict, to_dict
+from cdkd_ray.core.errors import ConfigError
 
 
 @dataclass
@@ -43,7 +43,7 @@ def test_bad_configs_are_named(overrides, message):
 
 
 def test_cli_overrides_may_follow_options_after_a_positional(capsys):
-    from cdkd_ray.cli import parse_args
+    from cdkd_ray.apps.cli import parse_args
 
     args = parse_args(["serve", "model_dir", "max_batch_size=8", "--port", "9000", "--detach",
                        "target_ongoing_requests=2", "downscale_delay_s=5"])

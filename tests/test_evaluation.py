@@ -4,9 +4,9 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from cdkd_ray.data.config import DataConfig
-from cdkd_ray.train.codec_check import codec_check
-from cdkd_ray.train.coco_eval import evaluate_keypoints, oks_nms, predictions_to_results, rescore
+from cdkd_ray.core.data_config import DataConfig
+from cdkd_ray.core.codec_check import codec_check
+from cdkd_ray.core.evaluation import evaluate_keypoints, oks_nms, predictions_to_results, rescore
 from tests.helpers import last_json, run_cli
 
 DETS = "person_detection_results_AP_H_56.json"

@@ -8,8 +8,8 @@ import tomllib
 
 import pytest
 
-from cdkd_ray.environment_check import BASE_MODULES, DiskNeed, check_run_environment, claim_workdir
-from cdkd_ray.errors import CdkdError
+from cdkd_ray.apps.environment_check import BASE_MODULES, DiskNeed, check_run_environment, claim_workdir
+from cdkd_ray.core.errors import CdkdError
 from tests.conftest import REPO
 from tests.helpers import run_cli
 

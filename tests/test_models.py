@@ -4,16 +4,16 @@ import numpy as np
 import pytest
 import torch
 
-from cdkd_ray.config import from_dict
-from cdkd_ray.data.config import DataConfig
-from cdkd_ray.data.heatmaps import decode_heatmaps, heatmap_to_input
-from cdkd_ray.distill.losses import CDKDLoss, DistillConfig, DistillStudent
-from cdkd_ray.distill.teacher import Teacher
-from cdkd_ray.errors import ConfigError
-from cdkd_ray.models.checkpoints import CheckpointError, load_pose_model
-from cdkd_ray.models.export import export_student
-from cdkd_ray.models.pose_resnet import ARCHS, ModelConfig, PoseResNet, count_flops, count_parameters
-from cdkd_ray.train.checkpoint import save_checkpoint
+from cdkd_ray.core.config import from_dict
+from cdkd_ray.core.data_config import DataConfig
+from cdkd_ray.core.codec import decode_heatmaps, heatmap_to_input
+from cdkd_ray.core.losses import CDKDLoss, DistillConfig, DistillStudent
+from cdkd_ray.core.teacher import Teacher
+from cdkd_ray.core.errors import ConfigError
+from cdkd_ray.core.models.loading import CheckpointError, load_pose_model
+from cdkd_ray.core.models.export import export_student
+from cdkd_ray.core.models.pose_resnet import ARCHS, ModelConfig, PoseResNet, count_flops, count_parameters
+from cdkd_ray.core.checkpoint import save_checkpoint
 from tests.helpers import last_json, run_cli
 
 R18_PARAMS = 15_376_721
@@ -110,7 +110,7 @@ def test_only_student_and_align_learn_teacher_frozen(tmp_path):
     images = torch.randint(0, 255, (4, 3, 128, 96), dtype=torch.uint8)
     t_hm, t_feat = teacher.infer(images)
     assert t_hm.dtype == torch.float16 and not t_hm.requires_grad
-    from cdkd_ray.data.transforms import normalize_images
+    from cdkd_ray.core.geometry import normalize_images
 
     loss, terms, _ = module(normalize_images(images), torch.rand(4, 17, 32, 24), torch.ones(4, 17), t_hm, t_feat)
     loss.backward()

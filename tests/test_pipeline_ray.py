@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from cdkd_ray.coco.shard import shard_coco
-from cdkd_ray.data.config import DataConfig
-from cdkd_ray.data.pipeline import build_dataset
+from cdkd_ray.core.shards import shard_coco
+from cdkd_ray.core.data_config import DataConfig
+from cdkd_ray.ray_adapters.pipeline import build_dataset
 
 CFG = DataConfig(input_size=(128, 96), heatmap_size=(32, 24), sigma=1.0, images_per_block=4)
 
@@ -67,8 +67,8 @@ def test_corrupt_image_in_shard_is_reported_by_id(ray_session, synth_dir, tmp_pa
     images[0] = images[0][:200]  # header only: undecodable
     table = table.set_column(table.schema.get_field_index("image"), "image", pa.array(images, pa.binary()))
     pq.write_table(table, part)
-    from cdkd_ray.data.instances import build_instances, rows_from_arrow
-    from cdkd_ray.errors import DataValidationError
+    from cdkd_ray.core.instances import build_instances, rows_from_arrow
+    from cdkd_ray.core.errors import DataValidationError
 
     skip = build_instances(rows_from_arrow(table), CFG, train=False)
     assert bad_id not in skip["image_id"].tolist() and len(skip["image_id"]) > 0

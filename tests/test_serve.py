@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from cdkd_ray.models.checkpoints import load_pose_model
-from cdkd_ray.models.inference import predict_keypoints
+from cdkd_ray.core.models.loading import load_pose_model
+from cdkd_ray.core.models.inference import predict_keypoints
 from tests.conftest import _free_port
 from tests.helpers import random_student_export
 
@@ -27,8 +27,8 @@ def student_export(tmp_path_factory) -> str:
 def server(ray_session, student_export):
     from ray import serve
 
-    from cdkd_ray.serve.app import ServeConfig
-    from cdkd_ray.serve.deploy import APP_NAME, run_serve
+    from cdkd_ray.ray_adapters.serve.app import ServeConfig
+    from cdkd_ray.ray_adapters.serve.deploy import APP_NAME, run_serve
 
     port = _free_port()
     cfg = ServeConfig(model_uri=student_export, min_replicas=2, max_replicas=2, max_batch_size=16,
@@ -44,7 +44,7 @@ def jpeg(path) -> bytes:
 
 def direct(export: str, image_path, boxes: np.ndarray) -> np.ndarray:
     """The same prediction by calling the model directly (no HTTP, no Serve)."""
-    from cdkd_ray.data.transforms import box_to_center_scale, crop_affine, warp_crops
+    from cdkd_ray.core.geometry import box_to_center_scale, crop_affine, warp_crops
 
     loaded = load_pose_model(export)
     image = cv2.imread(str(image_path))
@@ -147,8 +147,8 @@ def test_killing_a_replica_does_not_fail_later_requests(server, coco_mini):
     ("http://10.0.0.1:8000", False), ("http://192.168.1.2", False), ("http://172.16.0.1", False),
     ("https://example.com", False)])
 def test_load_generator_only_targets_loopback(url, allowed):
-    from cdkd_ray.errors import CdkdError
-    from cdkd_ray.serve.loadgen import check_loopback
+    from cdkd_ray.core.errors import CdkdError
+    from cdkd_ray.ray_adapters.serve.loadgen import check_loopback
 
     if allowed:
         check_loopback(url)

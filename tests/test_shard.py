@@ -4,9 +4,9 @@ import shutil
 import pyarrow.parquet as pq
 import pytest
 
-from cdkd_ray.coco.shard import shard_coco, shards_info
-from cdkd_ray.data.storage import resolve
-from cdkd_ray.train.coco_eval import evaluate_keypoints, gt_as_results
+from cdkd_ray.core.shards import shard_coco, shards_info
+from cdkd_ray.core.storage import resolve
+from cdkd_ray.core.evaluation import evaluate_keypoints, gt_as_results
 from tests.helpers import last_json, run_cli
 
 

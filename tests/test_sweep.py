@@ -12,10 +12,10 @@ import pytest
 import torch
 import yaml
 
-from cdkd_ray.models.pose_resnet import ModelConfig, PoseResNet
-from cdkd_ray.tune.config import SweepConfig
-from cdkd_ray.tune.sweep import run_sweep
-from cdkd_ray.errors import CdkdError
+from cdkd_ray.core.models.pose_resnet import ModelConfig, PoseResNet
+from cdkd_ray.ray_adapters.sweep_config import SweepConfig
+from cdkd_ray.ray_adapters.sweep import run_sweep
+from cdkd_ray.core.errors import CdkdError
 
 SEARCH = {"distill.dropout_p": {"grid": [0.0, 0.2, 0.4, 0.6]}}
 

@@ -2,10 +2,10 @@ import json
 
 import numpy as np
 
-from cdkd_ray.coco.annotations import parse_coco_keypoints
-from cdkd_ray.coco.images import image_problem
-from cdkd_ray.coco.synth import render_image
-from cdkd_ray.train.coco_eval import evaluate_keypoints, gt_as_results
+from cdkd_ray.core.coco.annotations import parse_coco_keypoints
+from cdkd_ray.core.coco.images import image_problem
+from cdkd_ray.core.coco.synth import render_image
+from cdkd_ray.core.evaluation import evaluate_keypoints, gt_as_results
 
 
 def test_deterministic_for_a_seed():

@@ -9,10 +9,10 @@ import time
 import pytest
 import torch
 
-from cdkd_ray.config import load_config
-from cdkd_ray.models.pose_resnet import ModelConfig, PoseResNet
-from cdkd_ray.train.config import ExperimentConfig
-from cdkd_ray.train.run import run_training
+from cdkd_ray.core.config import load_config
+from cdkd_ray.core.models.pose_resnet import ModelConfig, PoseResNet
+from cdkd_ray.core.experiment import ExperimentConfig
+from cdkd_ray.ray_adapters.train_driver import run_training
 
 pytestmark = pytest.mark.timeout(420)
 
@@ -61,8 +61,8 @@ def test_distill_local_then_resume_and_outputs(ray_session, synth_shards, teache
 
 
 def test_distill_from_s3_shards_to_s3_storage_teacher_in_worker(ray_session, synth_dir, s3_bucket, teacher_file):
-    from cdkd_ray.coco.shard import shard_coco
-    from cdkd_ray.data.storage import resolve
+    from cdkd_ray.core.shards import shard_coco
+    from cdkd_ray.core.storage import resolve
 
     data = f"{s3_bucket}/coco"
     for split in ("train", "val"):

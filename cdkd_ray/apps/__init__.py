@@ -1,0 +1,1 @@
+"""The apps: the cdkd-ray CLI and the quickstart."""

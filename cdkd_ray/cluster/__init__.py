@@ -1,1 +1,0 @@
-"""A local autoscaling Ray cluster for laptops and tests."""

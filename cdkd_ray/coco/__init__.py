@@ -1,1 +1,0 @@
-"""COCO person-keypoint data: constants, reading and validation, synthetic data, sharding."""

@@ -1,0 +1,1 @@
+"""COCO person-keypoint annotation files, images and the synthetic generator."""

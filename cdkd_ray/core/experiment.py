@@ -1,0 +1,67 @@
+"""The experiment configuration shared by train-teacher, distill, sweep and model-info."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+from cdkd_ray.core.data_config import DataConfig
+from cdkd_ray.core.losses import DistillConfig
+from cdkd_ray.core.errors import ConfigError
+from cdkd_ray.core.models.pose_resnet import ModelConfig
+
+
+@dataclass
+class TeacherConfig:
+    arch: Literal["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"] = "resnet50"  # for train-teacher
+    checkpoint: Optional[str] = None  # our checkpoint/export dir or an external SimpleBaseline/mmpose file
+    placement: Literal["pool", "worker"] = "pool"
+    pool_min: int = 1
+    pool_max: int = 2
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    batch_size: int = 32
+    channel_order: Optional[Literal["RGB", "BGR"]] = None  # override the checkpoint's
+
+    def validate(self, where: str = "teacher") -> None:
+        if not 1 <= self.pool_min <= self.pool_max:
+            raise ConfigError(f"{where}: need 1 <= pool_min <= pool_max")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 140
+    batch_size: int = 32  # per worker
+    lr: float = 1e-3
+    lr_steps: list[int] = field(default_factory=lambda: [90, 120])
+    lr_factor: float = 0.1
+    warmup_iters: int = 500
+    warmup_ratio: float = 0.001
+    weight_decay: float = 0.0
+    num_workers: int = 2
+    cpus_per_worker: float = 1.0
+    use_gpu: bool = False
+    amp: bool = True  # mixed precision on GPU
+    torch_threads: Optional[int] = None
+    keep_checkpoints: int = 2
+    max_failures: int = 1
+    max_steps_per_epoch: Optional[int] = None
+    val_every: int = 1
+    seed: int = 0
+
+    def validate(self, where: str = "train") -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.num_workers < 0:
+            raise ConfigError(f"{where}: epochs and batch_size must be >= 1, num_workers >= 0")
+        if self.lr <= 0:
+            raise ConfigError(f"{where}.lr must be > 0")
+        if self.keep_checkpoints < 1:
+            raise ConfigError(f"{where}.keep_checkpoints must be >= 1")
+
+
+@dataclass
+class ExperimentConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)

@@ -1,0 +1,1 @@
+"""SimpleBaseline pose ResNets: building, loading external checkpoints, inference, export, costs."""

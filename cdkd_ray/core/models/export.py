@@ -1,0 +1,127 @@
+"""Student export: student-only weights + model card, optional ONNX (with an optional decode)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+
+import torch
+from torch import nn
+
+from cdkd_ray.core.keypoints import FLIP_PAIRS, KEYPOINT_NAMES, SKELETON_1BASED
+from cdkd_ray.core.geometry import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
+from cdkd_ray.core.models.loading import CheckpointError, build_from_state, infer_model_config, to_pose_resnet_keys
+from cdkd_ray.core.models.pose_resnet import PoseResNet, count_flops, count_parameters
+from cdkd_ray.core.checkpoint import load_checkpoint
+
+
+class HeatmapDecoder(nn.Module):
+    """In-graph decode for edge users: argmax + quarter-pixel shift -> input-crop pixels and scores."""
+
+    def __init__(self, model: nn.Module, input_size: tuple[int, int], heatmap_size: tuple[int, int]):
+        super().__init__()
+        self.model = model
+        self.stride_x = input_size[1] / heatmap_size[1]
+        self.stride_y = input_size[0] / heatmap_size[0]
+
+    def forward(self, x: torch.Tensor):
+        hm = self.model(x)
+        n, k, h, w = hm.shape
+        flat = hm.reshape(n, k, h * w)
+        scores, idx = flat.max(-1)
+        px = (idx % w).to(hm.dtype)
+        py = torch.div(idx, w, rounding_mode="floor").to(hm.dtype)
+        padded = torch.nn.functional.pad(hm, (1, 1, 1, 1), mode="replicate").reshape(n, k, (h + 2) * (w + 2))
+        base = (py.long() + 1) * (w + 2) + (px.long() + 1)
+        right, left = padded.gather(-1, (base + 1)[..., None])[..., 0], padded.gather(-1, (base - 1)[..., None])[..., 0]
+        down, up = padded.gather(-1, (base + w + 2)[..., None])[..., 0], padded.gather(-1, (base - w - 2)[..., None])[..., 0]
+        inner_x = ((px > 0) & (px < w - 1)).to(hm.dtype)
+        inner_y = ((py > 0) & (py < h - 1)).to(hm.dtype)
+        px = px + 0.25 * torch.sign(right - left) * inner_x
+        py = py + 0.25 * torch.sign(down - up) * inner_y
+        keypoints = torch.stack([px * self.stride_x, py * self.stride_y], -1)
+        return keypoints, scores
+
+
+def student_state_from_checkpoint(model_state: dict) -> dict:
+    """The student's own weights: train-only modules (align, generator) stripped."""
+    return to_pose_resnet_keys(model_state, "cdkd") if any(k.startswith("student.") for k in model_state) else model_state
+
+
+def export_student(checkpoint_dir: str, out_dir: str, onnx: bool = False, onnx_decode: bool = False,
+                   opset: int = 17) -> dict:
+    """Write student.pt + model_card.json (+ student.onnx) into out_dir, atomically."""
+    model_state, _, trainer_state = load_checkpoint(checkpoint_dir)
+    state = student_state_from_checkpoint(model_state)
+    config = trainer_state.get("config", {})
+    model_cfg = infer_model_config(state)
+    model_cfg.channel_order = config.get("model", {}).get("channel_order", "RGB")
+    model = build_from_state(state, model_cfg, checkpoint_dir).eval()
+    data = config.get("data", {})
+    input_size = tuple(data.get("input_size", (256, 192)))
+    heatmap_size = tuple(data.get("heatmap_size", (input_size[0] // 4, input_size[1] // 4)))
+    card = {
+        "format": "cdkd-ray student v1",
+        "architecture": f"SimpleBaseline {model_cfg.arch}",
+        "arch": model_cfg.arch,
+        "num_keypoints": model_cfg.num_keypoints,
+        "deconv_channels": model_cfg.deconv_channels,
+        "input_size": list(input_size),
+        "heatmap_size": list(heatmap_size),
+        "channel_order": model_cfg.channel_order,
+        "normalisation": {"mean": IMAGENET_MEAN_RGB.tolist(), "std": IMAGENET_STD_RGB.tolist(),
+                          "scale": "pixel / 255, mean/std given in RGB order"},
+        "input_layout": "float32 [N,3,H,W] in channel_order",
+        "keypoint_names": list(KEYPOINT_NAMES),
+        "flip_pairs": [list(p) for p in FLIP_PAIRS],
+        "skeleton": [list(e) for e in SKELETON_1BASED],
+        "decode": data.get("decode", "argmax"),
+        "sigma": data.get("sigma"),
+        "parameters": count_parameters(model),
+        "flops": count_flops(model, input_size),
+        "metrics": trainer_state.get("metrics", {}),
+        "epoch": trainer_state.get("epoch"),
+        "source_checkpoint": os.path.abspath(checkpoint_dir),
+        "training_config": config,
+        "version": trainer_state.get("version", 1),
+    }
+    out_dir = os.path.abspath(out_dir)
+    parent = os.path.dirname(out_dir)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".export-", dir=parent)
+    try:
+        torch.save(model.state_dict(), os.path.join(tmp, "student.pt"))
+        if onnx:
+            card["onnx"] = export_onnx(model, os.path.join(tmp, "student.onnx"), input_size, heatmap_size,
+                                       with_decode=onnx_decode, opset=opset)
+        with open(os.path.join(tmp, "model_card.json"), "w") as f:
+            json.dump(card, f, indent=1)
+        if os.path.exists(out_dir):
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return {"out": out_dir, "parameters": card["parameters"], "flops": card["flops"],
+            "onnx": os.path.join(out_dir, "student.onnx") if onnx else None, "metrics": card["metrics"]}
+
+
+def export_onnx(model: PoseResNet, path: str, input_size: tuple[int, int], heatmap_size: tuple[int, int],
+                with_decode: bool = False, opset: int = 17) -> dict:
+    """ONNX with a dynamic batch; outputs heatmaps, or keypoints (input-crop pixels) + scores."""
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        raise CheckpointError("ONNX export needs the onnx package, a base dependency: run `pip install -e .` "
+                              "(or `pip install onnx onnxruntime`)") from None
+    module: nn.Module = HeatmapDecoder(model, input_size, heatmap_size) if with_decode else model
+    module.eval()
+    outputs = ["keypoints", "scores"] if with_decode else ["heatmaps"]
+    dummy = torch.zeros(2, 3, *input_size)
+    torch.onnx.export(module, (dummy,), path, input_names=["image"], output_names=outputs, opset_version=opset,
+                      dynamic_axes={"image": {0: "batch"}, **{o: {0: "batch"} for o in outputs}}, dynamo=False)
+    return {"file": "student.onnx", "opset": opset, "inputs": {"image": ["batch", 3, *input_size]},
+            "outputs": outputs, "decode_in_graph": with_decode,
+            "keypoints_space": "input-crop pixels (map back with the crop's affine)" if with_decode else None}

@@ -1,0 +1,28 @@
+"""Model inference on crops: normalisation, optional flip test, decoding to image coordinates."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from cdkd_ray.core.codec import flip_back, heatmaps_to_keypoints
+from cdkd_ray.core.geometry import normalize_images
+
+
+@torch.no_grad()
+def predict_heatmaps(model: torch.nn.Module, images_uint8: torch.Tensor, channel_order: str = "RGB",
+                     flip_test: bool = False) -> torch.Tensor:
+    """Heatmaps for uint8 RGB crops [N,3,H,W]; with flip_test, averaged with the un-flipped mirror."""
+    x = normalize_images(images_uint8, channel_order)
+    heatmaps = model(x)
+    if flip_test:
+        heatmaps = (heatmaps + flip_back(model(x.flip(-1)))) * 0.5
+    return heatmaps.float()
+
+
+def predict_keypoints(model: torch.nn.Module, images_uint8: torch.Tensor, center: np.ndarray, scale: np.ndarray,
+                      input_size: tuple[int, int], channel_order: str = "RGB", flip_test: bool = False,
+                      decode: str = "argmax") -> tuple[np.ndarray, np.ndarray]:
+    """Image-space keypoints [N,K,2] and scores [N,K] for crops given by center/scale."""
+    heatmaps = predict_heatmaps(model, images_uint8, channel_order, flip_test).cpu().numpy()
+    return heatmaps_to_keypoints(heatmaps, np.asarray(center), np.asarray(scale), input_size, decode)

@@ -1,0 +1,1 @@
+"""The student at serving time, and HTTP input validation (no Ray)."""

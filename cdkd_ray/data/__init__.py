@@ -1,1 +1,0 @@
-"""Storage, transforms, heatmap targets and the Ray Data input pipeline."""

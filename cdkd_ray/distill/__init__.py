@@ -1,1 +1,0 @@
-"""CDKD: losses with channel dropout, train-only modules, the teacher stage."""

@@ -1,1 +1,0 @@
-"""SimpleBaseline pose ResNets, checkpoint import/export."""

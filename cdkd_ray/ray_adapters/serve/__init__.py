@@ -1,0 +1,1 @@
+"""Ray Serve: the pose endpoint, its deployment and a bounded load test."""

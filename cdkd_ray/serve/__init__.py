@@ -1,1 +1,0 @@
-"""Ray Serve: the exported student as an autoscaling, batching HTTP endpoint."""

@@ -1,1 +1,0 @@
-"""Training on Ray Train and evaluation (decode, flip test, COCOeval)."""
