@@ -27,8 +27,10 @@ from cdkd_ray.core.shards import shard_coco  # noqa: E402
 from cdkd_ray.core.coco.synth import synth_split  # noqa: E402
 from cdkd_ray.core.data_config import DataConfig  # noqa: E402
 from cdkd_ray.core.instances import build_instances  # noqa: E402
+from cdkd_ray.core.keypoints import is_labelled_person  # noqa: E402
 from cdkd_ray.core.shard_reader import iter_shard_rows  # noqa: E402
-from cdkd_ray.core.geometry import box_to_center_scale, crop_affine, sample_augment  # noqa: E402
+from cdkd_ray.core.augment import sample_augment  # noqa: E402
+from cdkd_ray.core.geometry import box_to_center_scale, crop_affine  # noqa: E402
 
 
 def reference_target(joint_set: np.ndarray, mat: np.ndarray, cfg: DataConfig) -> np.ndarray:
@@ -65,7 +67,7 @@ def reference_instances(rows: dict, cfg: DataConfig, rng: np.random.Generator) -
     for data, persons in zip(rows["image"], rows["persons"]):
         image = cv2.cvtColor(decode_bgr(data), cv2.COLOR_BGR2RGB)
         for p in persons:
-            if p["num_keypoints"] == 0 or p["iscrowd"]:
+            if not is_labelled_person(p):
                 continue
             c, s = box_to_center_scale(np.asarray([p["bbox"]]), cfg.aspect, cfg.padding)
             aug = sample_augment(rng, 1, cfg.scale_factor, cfg.rotation_factor, cfg.rotation_prob, cfg.flip_prob, 0)

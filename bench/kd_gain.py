@@ -24,11 +24,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cdkd_ray.core.shards import shard_coco  # noqa: E402
-from cdkd_ray.core.coco.synth import synth_split  # noqa: E402
-from cdkd_ray.core.config import load_config  # noqa: E402
-from cdkd_ray.core.experiment import ExperimentConfig  # noqa: E402
-from cdkd_ray.ray_adapters.train_driver import run_training  # noqa: E402
+from cdkd_ray.apps.recipes import KdPlan, make_synthetic, run_kd_plan, shard_coco_dir  # noqa: E402
 
 
 def main() -> None:
@@ -51,33 +47,23 @@ def main() -> None:
     data, shards, runs = os.path.join(work, "synth"), os.path.join(work, "shards"), os.path.join(work, "runs")
     started = time.perf_counter()
     if not os.path.exists(os.path.join(shards, "val", "manifest.json")):
-        for split, n in (("train", args.train_images), ("val", args.val_images)):
-            synth_split(data, split, n, seed=1234)
-            shard_coco(os.path.join(data, "annotations", f"person_keypoints_{split}.json"),
-                       os.path.join(data, split), shards, split=split, show_progress=False)
+        shard_coco_dir(make_synthetic(data, args.train_images, args.val_images, seed=1234), shards)
 
-    def cfg_for(epochs: int, seed: int, extra: list[str]) -> ExperimentConfig:
-        steps = [max(1, int(epochs * 0.7)), max(2, int(epochs * 0.9))]
-        return load_config(ExperimentConfig, args.config, [
-            f"train.epochs={epochs}", f"train.seed={seed}", f"data.seed={seed}", f"train.lr_steps={steps}",
-            *args.overrides, *extra])
+    def schedule(epochs: int) -> list[str]:
+        return [f"train.epochs={epochs}", f"train.lr_steps={[max(1, int(epochs * 0.7)), max(2, int(epochs * 0.9))]}"]
 
-    teacher_ckpt = args.teacher
-    if not teacher_ckpt and not args.report_only:
-        summary = run_training(cfg_for(args.teacher_epochs, 0, []), "teacher", shards, runs, "teacher")
-        teacher_ckpt = summary["best_checkpoint"]
-        print(f"teacher: AP {summary['best_ap']:.4f} ({summary['best_checkpoint']})", flush=True)
+    plan = KdPlan(args.config, [*schedule(args.teacher_epochs), "train.seed=0", "data.seed=0", *args.overrides],
+                  [*schedule(args.student_epochs), *args.overrides], tuple(args.seeds), seed_in_names=True)
+    if not args.report_only:
+        def report_run(run: dict) -> None:
+            print(f"{run['name']}: best AP {run['best_ap']:.4f}, final AP {run['final_ap']:.4f} "
+                  f"({run['best_checkpoint']})", flush=True)
 
-    for seed in args.seeds:
-        for kind, extra in (("baseline", ["distill.enabled=false"]), ("cdkd", [])):
-            if args.report_only:
-                continue
-            summary = run_training(cfg_for(args.student_epochs, seed, extra), "distill", shards, runs,
-                                   f"{kind}-seed{seed}", teacher_checkpoint=teacher_ckpt)
-            print(f"{kind} seed {seed}: best AP {summary['best_ap']:.4f}, final AP {summary['final_ap']:.4f}", flush=True)
+        run_kd_plan(plan, shards, runs, teacher_checkpoint=args.teacher, after_run=report_run)
 
-    label = (f"{cfg_for(args.teacher_epochs, 0, []).teacher.arch} ({args.teacher_epochs} epochs)" if not args.teacher
+    label = (f"{plan.teacher_config().teacher.arch} ({args.teacher_epochs} epochs)" if not args.teacher
              else f"given ({args.teacher})")
+
     report = write_report(runs, args.seeds, work, label, args.student_epochs, args.teacher)
     print("\n" + report["table"])
     print(f"\nCDKD - baseline: {report['gain']:+.4f} AP, CDKD / baseline: {report['ratio']:.2f}x (means over seeds); "

@@ -30,14 +30,14 @@ def make_student(folder: str, input_size=(128, 96)) -> str:
 
     from cdkd_ray.core.losses import DistillStudent
     from cdkd_ray.core.models.export import export_student
-    from cdkd_ray.core.models.pose_resnet import ModelConfig, PoseResNet
+    from cdkd_ray.core.models.pose_resnet import ModelConfig, PoseResNet, heatmap_size_for
     from cdkd_ray.core.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
     module = DistillStudent(PoseResNet(ModelConfig()), None)
     save_checkpoint(os.path.join(folder, "ckpt"), module.state_dict(), None, {
         "epoch": 0, "config": {"data": {"input_size": list(input_size),
-                                        "heatmap_size": [input_size[0] // 4, input_size[1] // 4]}}})
+                                        "heatmap_size": list(heatmap_size_for(input_size))}}})
     export_student(os.path.join(folder, "ckpt"), os.path.join(folder, "student"))
     return os.path.join(folder, "student")
 

@@ -29,11 +29,10 @@ def coco_mini() -> Path:
 @pytest.fixture(scope="session")
 def synth_dir(tmp_path_factory) -> Path:
     """A small synthetic COCO dataset shared by the session."""
-    from cdkd_ray.core.coco.synth import synth_split
+    from cdkd_ray.apps.recipes import make_synthetic
 
     out = tmp_path_factory.mktemp("synth")
-    synth_split(str(out), "train", 24, seed=3)
-    synth_split(str(out), "val", 12, seed=3)
+    make_synthetic(str(out), 24, 12, seed=3)
     return out
 
 
@@ -89,10 +88,6 @@ def ray_session(s3_server):
 @pytest.fixture(scope="session")
 def synth_shards(synth_dir, tmp_path_factory) -> str:
     """The session's synthetic set, sharded to a local folder (train and val)."""
-    from cdkd_ray.core.shards import shard_coco
+    from cdkd_ray.apps.recipes import shard_coco_dir
 
-    root = tmp_path_factory.mktemp("shards")
-    for split in ("train", "val"):
-        shard_coco(str(synth_dir / "annotations" / f"person_keypoints_{split}.json"), str(synth_dir / split),
-                   str(root), split=split, rows_per_file=10, show_progress=False)
-    return str(root)
+    return shard_coco_dir(str(synth_dir), str(tmp_path_factory.mktemp("shards")), rows_per_file=10)

@@ -57,6 +57,10 @@ def test_valid_file_parses_and_counts_non_person():
     (lambda d: d["images"].append(dict(d["images"][0])), "image id=1: duplicate image id"),
     (lambda d: d["images"][0].pop("width"), "image id=1: missing field(s) width"),
     (lambda d: d["annotations"][0].update(keypoints=[1, 1, 5] * 17), "visibility flags must be 0, 1 or 2"),
+    # wrong types are listed as problems with their ids, never a TypeError
+    (lambda d: d["annotations"][0].update(category_id=[1]), "annotation id=7 (image id=1): category_id is not an integer"),
+    (lambda d: d["annotations"][0].update(image_id=[1]), "annotation id=7 (image id=[1]): image_id is not an integer"),
+    (lambda d: d["annotations"][0].update(area="big"), "annotation id=7 (image id=1): area is not a non-negative number"),
 ])
 def test_invalid_entries_are_named(mutate, expected):
     d = doc()
@@ -86,3 +90,16 @@ def test_not_a_coco_file(text, expected):
     with pytest.raises(DataValidationError) as info:
         parse_coco_keypoints(text, "x.json")
     assert expected in str(info.value)
+
+
+def test_missing_area_and_num_keypoints_are_derived_for_cocoeval():
+    from cdkd_ray.core.evaluation import evaluate_keypoints, gt_as_results
+
+    bare = ann(7, keypoints=[2, 2, 2] * 5 + [0, 0, 0] * 12)
+    del bare["area"], bare["num_keypoints"]
+    coco = parse(doc(annotations=[bare]))
+    person = coco.images[0].persons[0]
+    assert person.num_keypoints == 5 and person.area == 25.0
+    assert coco.raw["annotations"][0]["num_keypoints"] == 5 and coco.raw["annotations"][0]["area"] == 25.0
+    # the copy kept beside the shards is what COCOeval reads: it must score, not raise KeyError
+    assert evaluate_keypoints(coco.raw, gt_as_results(coco.raw))["AP"] == pytest.approx(1.0)

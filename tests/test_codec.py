@@ -3,9 +3,8 @@ import pytest
 
 from cdkd_ray.core.keypoints import FLIP_PAIRS
 from cdkd_ray.core.codec import crop_to_image, decode_heatmaps, encode_heatmaps, flip_back, heatmap_to_input
-from cdkd_ray.core.geometry import (
-    apply_affine, box_to_center_scale, crop_affine, flip_joints_order, half_body_center_scale,
-)
+from cdkd_ray.core.augment import flip_joints_order, half_body_center_scale
+from cdkd_ray.core.geometry import apply_affine, box_to_center_scale, crop_affine
 
 IN, HM = (256, 192), (64, 48)
 
@@ -107,3 +106,28 @@ def test_half_body_crop_contains_the_chosen_joints():
     lower_in = inside[:, 11:].all(1)
     assert (upper_in | lower_in).all()  # the chosen half is fully inside the crop
     assert not (upper_in & lower_in).all()  # and it really is a half-body crop for most
+
+
+def _gaussian_maps(h: int, w: int, xs: np.ndarray, y: float, sigma: float = 2.0) -> np.ndarray:
+    yy, xx = np.mgrid[0:h, 0:w]
+    return np.exp(-((xx[None] - xs[:, None, None]) ** 2 + (yy[None] - y) ** 2) / (2 * sigma ** 2))[:, None]
+
+
+@pytest.mark.parametrize("size", [(64, 48), (32, 24)])
+def test_dark_is_at_least_as_accurate_as_argmax_at_every_distance_from_the_border(size):
+    h, w = size
+    for distance in range(w // 2):
+        for side in ("left", "right"):
+            offsets = np.linspace(0.0, 0.9, 10)
+            xs = distance + offsets if side == "left" else (w - 1 - distance) - offsets
+            maps = _gaussian_maps(h, w, xs, h / 2 + 0.3).astype(np.float32)
+            err = {m: np.abs(decode_heatmaps(maps, m)[0][:, 0, 0] - xs) for m in ("argmax", "dark")}
+            assert err["dark"].mean() <= err["argmax"].mean() + 1e-6, (size, distance, side, err)
+            assert err["dark"].max() <= err["argmax"].max() + 1e-6, (size, distance, side, err)
+
+
+def test_dark_near_the_border_is_not_pulled_by_a_mirrored_peak():
+    # an exact sigma-2 Gaussian centred at x=2 (the border reflection used to decode it at 1.00)
+    maps = _gaussian_maps(64, 48, np.array([2.0]), 30.0).astype(np.float32)
+    coords, _ = decode_heatmaps(maps, "dark")
+    assert coords[0, 0] == pytest.approx([2.0, 30.0], abs=0.02)

@@ -10,6 +10,7 @@ from cdkd_ray.core.codec import decode_heatmaps, heatmap_to_input
 from cdkd_ray.core.losses import CDKDLoss, DistillConfig, DistillStudent
 from cdkd_ray.core.teacher import Teacher
 from cdkd_ray.core.errors import ConfigError
+from tests.helpers import run_cli
 from cdkd_ray.core.models.loading import CheckpointError, load_pose_model
 from cdkd_ray.core.models.export import export_student
 from cdkd_ray.core.models.pose_resnet import ARCHS, ModelConfig, PoseResNet, count_flops, count_parameters
@@ -105,12 +106,12 @@ def test_only_student_and_align_learn_teacher_frozen(tmp_path):
     torch.save(PoseResNet(ModelConfig(arch="resnet34")).state_dict(), teacher_file)
     teacher = Teacher(str(teacher_file), tap="layer4")
     before = {k: v.clone() for k, v in teacher.model.state_dict().items()}
-    module = DistillStudent(PoseResNet(ModelConfig()), CDKDLoss(DistillConfig(), "resnet18", teacher.arch)).train()
+    module = DistillStudent(PoseResNet(ModelConfig()), CDKDLoss(DistillConfig(), "resnet18", "resnet34")).train()
     opt = torch.optim.Adam(module.parameters(), 1e-3)
     images = torch.randint(0, 255, (4, 3, 128, 96), dtype=torch.uint8)
     t_hm, t_feat = teacher.infer(images)
     assert t_hm.dtype == torch.float16 and not t_hm.requires_grad
-    from cdkd_ray.core.geometry import normalize_images
+    from cdkd_ray.core.models.inference import normalize_images
 
     loss, terms, _ = module(normalize_images(images), torch.rand(4, 17, 32, 24), torch.ones(4, 17), t_hm, t_feat)
     loss.backward()
@@ -162,3 +163,21 @@ def test_onnx_matches_torch(tmp_path):
     coords, maxvals = decode_heatmaps(expected)
     assert np.abs(keypoints - heatmap_to_input(coords, (128, 96), (32, 24))).max() < 1e-3
     assert np.abs(scores - maxvals).max() < 1e-4
+
+
+def test_export_refuses_a_folder_that_is_not_an_earlier_export(tmp_path):
+    from tests.helpers import random_student_export
+
+    export = random_student_export(str(tmp_path))
+    run_dir = tmp_path / "runs" / "cdkd"
+    (run_dir / "checkpoint_epoch0001").mkdir(parents=True)
+    (run_dir / "summary.json").write_text("{}")
+    for target in (run_dir, tmp_path):  # a run folder, and `--out .` with everything in it
+        proc = run_cli("export", tmp_path / "ckpt", "--out", target)
+        assert proc.returncode == 2 and "not an earlier student export" in proc.stderr
+    assert (run_dir / "summary.json").exists() and (run_dir / "checkpoint_epoch0001").is_dir()
+    before = (tmp_path / "export" / "student.pt").stat().st_mtime_ns
+    proc = run_cli("export", tmp_path / "ckpt", "--out", export, "--json")  # an earlier export is replaced
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "export" / "student.pt").stat().st_mtime_ns != before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".export")) == []

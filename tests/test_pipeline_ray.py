@@ -3,6 +3,7 @@ import pytest
 
 from cdkd_ray.core.shards import shard_coco
 from cdkd_ray.core.data_config import DataConfig
+from cdkd_ray.core.keypoints import is_labelled_person
 from cdkd_ray.ray_adapters.pipeline import build_dataset
 
 CFG = DataConfig(input_size=(128, 96), heatmap_size=(32, 24), sigma=1.0, images_per_block=4)
@@ -17,7 +18,7 @@ def check_batch(batch, cfg=CFG):
 
 
 def count_instances(doc):
-    return sum(1 for a in doc["annotations"] if a["num_keypoints"] > 0 and not a["iscrowd"])
+    return sum(map(is_labelled_person, doc["annotations"]))
 
 
 @pytest.mark.timeout(300)

@@ -11,7 +11,7 @@ import torch
 
 from cdkd_ray.core.config import load_config
 from cdkd_ray.core.models.pose_resnet import ModelConfig, PoseResNet
-from cdkd_ray.core.experiment import ExperimentConfig
+from cdkd_ray.core.experiment import ExperimentConfig, RunKind
 from cdkd_ray.ray_adapters.train_driver import run_training
 
 pytestmark = pytest.mark.timeout(420)
@@ -36,8 +36,8 @@ def history(run_dir) -> list[dict]:
 
 def test_distill_local_then_resume_and_outputs(ray_session, synth_shards, teacher_file, tmp_path):
     storage = str(tmp_path / "runs")
-    first = run_training(tiny(), "distill", synth_shards, storage, "cdkd-a", teacher_checkpoint=teacher_file)
-    assert first["epochs"] == 2 and first["mode"] == "cdkd"
+    first = run_training(tiny(), RunKind.CDKD, synth_shards, storage, "cdkd-a", teacher_checkpoint=teacher_file)
+    assert first["epochs"] == 2 and first["kind"] == "cdkd"
     rows = history(first["run_dir"])
     assert [r["epoch"] for r in rows] == [0, 1]
     for r in rows:
@@ -48,27 +48,24 @@ def test_distill_local_then_resume_and_outputs(ray_session, synth_shards, teache
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(run_dir, "tensorboard")))
     assert json.load(open(os.path.join(run_dir, "summary.json")))["best_checkpoint"] == first["best_checkpoint"]
     # the same command with more epochs resumes from the last checkpoint instead of restarting
-    second = run_training(tiny("train.epochs=3"), "distill", synth_shards, storage, "cdkd-a", teacher_checkpoint=teacher_file)
+    second = run_training(tiny("train.epochs=3"), RunKind.CDKD, synth_shards, storage, "cdkd-a", teacher_checkpoint=teacher_file)
     resumed = history(second["run_dir"])
     assert [r["epoch"] for r in resumed] == [0, 1, 2]
     assert resumed[:2] == rows  # restored history, nothing re-run
     # the plain baseline sees identical batches for the same seed
-    baseline = run_training(tiny("distill.enabled=false"), "distill", synth_shards, storage, "baseline-a")
+    baseline = run_training(tiny("distill.enabled=false"), RunKind.BASELINE, synth_shards, storage, "baseline-a")
     base_rows = history(baseline["run_dir"])
-    assert baseline["mode"] == "baseline" and "loss_inter" not in base_rows[0]
+    assert baseline["kind"] == "baseline" and "loss_inter" not in base_rows[0]
     assert [r["data_digest"] for r in base_rows] == [r["data_digest"] for r in rows]
     assert base_rows[0]["data_digest"] != base_rows[1]["data_digest"]  # and each epoch is augmented afresh
 
 
 def test_distill_from_s3_shards_to_s3_storage_teacher_in_worker(ray_session, synth_dir, s3_bucket, teacher_file):
-    from cdkd_ray.core.shards import shard_coco
+    from cdkd_ray.apps.recipes import shard_coco_dir
     from cdkd_ray.core.storage import resolve
 
-    data = f"{s3_bucket}/coco"
-    for split in ("train", "val"):
-        shard_coco(str(synth_dir / "annotations" / f"person_keypoints_{split}.json"), str(synth_dir / split), data,
-                   split=split, rows_per_file=10, show_progress=False)
-    summary = run_training(tiny("train.epochs=1", "teacher.placement=worker"), "distill", data, f"{s3_bucket}/runs",
+    data = shard_coco_dir(str(synth_dir), f"{s3_bucket}/coco", rows_per_file=10)
+    summary = run_training(tiny("train.epochs=1", "teacher.placement=worker"), RunKind.CDKD, data, f"{s3_bucket}/runs",
                            "cdkd-s3", teacher_checkpoint=teacher_file)
     assert summary["best_checkpoint"].startswith(f"{s3_bucket}/runs/cdkd-s3/checkpoint_epoch0000")
     run = resolve(f"{s3_bucket}/runs/cdkd-s3")
@@ -96,7 +93,7 @@ def test_killed_worker_recovers_without_losing_or_repeating_epochs(ray_session, 
 
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()
-    summary = run_training(tiny("train.epochs=3", "train.max_steps_per_epoch=6"), "distill", synth_shards,
+    summary = run_training(tiny("train.epochs=3", "train.max_steps_per_epoch=6"), RunKind.CDKD, synth_shards,
                            str(storage), "kill", teacher_checkpoint=teacher_file, pid_dir=str(pid_dir))
     thread.join(timeout=5)
     assert killed, "the worker was never killed"

@@ -17,18 +17,7 @@ def emit(result: dict, as_json: bool, human: Callable[[dict], None] | None = Non
     if human:
         human(result)
     if as_json:
-        _stop_ray_log_streaming()
         print(json.dumps(result, default=_json_default), flush=True)
-
-
-def _stop_ray_log_streaming() -> None:
-    """Disconnect this driver so no worker log line streamed from the cluster can follow the JSON line."""
-    sys.stdout.flush()
-    if "ray" in sys.modules:
-        import ray
-
-        if ray.is_initialized():
-            ray.shutdown()
 
 
 def _json_default(value: Any):
@@ -54,6 +43,7 @@ def cmd_synth(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
     from cdkd_ray.core.coco.synth import synth_split
+    from cdkd_ray.core.keypoints import is_labelled_person
 
     if args.train_images < 0 or args.val_images < 0:
         raise CdkdError("--train-images and --val-images must be >= 0")
@@ -64,7 +54,7 @@ def cmd_synth(args: argparse.Namespace) -> None:
         for split, n in (("train", args.train_images), ("val", args.val_images)):
             doc = synth_split(args.out_dir, split, n, args.seed, workers=args.workers, progress=bar.update)
             counts[split] = {"images": len(doc["images"]),
-                             "persons_with_keypoints": sum(1 for a in doc["annotations"] if a["num_keypoints"] > 0)}
+                             "persons_with_keypoints": sum(map(is_labelled_person, doc["annotations"]))}
     seconds = time.perf_counter() - start
     result = {"out_dir": os.path.abspath(args.out_dir), "splits": counts, "seconds": round(seconds, 3),
               "images_per_second": round(total / seconds, 1) if seconds > 0 else None}
@@ -124,11 +114,12 @@ def cmd_shards_info(args: argparse.Namespace) -> None:
 def _data_config(args: argparse.Namespace):
     from cdkd_ray.core.config import from_dict
     from cdkd_ray.core.data_config import DataConfig
+    from cdkd_ray.core.models.pose_resnet import heatmap_size_for
 
     values = {}
     if getattr(args, "input_size", None):
         values["input_size"] = args.input_size
-        values["heatmap_size"] = (args.input_size[0] // 4, args.input_size[1] // 4)
+        values["heatmap_size"] = heatmap_size_for(args.input_size)
     if getattr(args, "heatmap_size", None):
         values["heatmap_size"] = args.heatmap_size
     for key in ("sigma", "decode"):
@@ -190,14 +181,14 @@ def cmd_export(args: argparse.Namespace) -> None:
     emit(result, args.json, human)
 
 
-def _train_command(args: argparse.Namespace, mode: str) -> None:
+def _train_command(args: argparse.Namespace, teacher: bool) -> None:
     from cdkd_ray.core.config import load_config
-    from cdkd_ray.core.experiment import ExperimentConfig
-    from cdkd_ray.ray_adapters.train_driver import default_run_name, run_training, summary_line
+    from cdkd_ray.core.experiment import ExperimentConfig, RunKind, distill_kind
+    from cdkd_ray.ray_adapters.train_driver import run_training, summary_line
 
     cfg = load_config(ExperimentConfig, args.config, args.overrides)
-    name = args.name or default_run_name(mode, cfg)
-    summary = run_training(cfg, mode, args.data, args.storage, name, getattr(args, "teacher", None),
+    kind = RunKind.TEACHER if teacher else distill_kind(cfg)
+    summary = run_training(cfg, kind, args.data, args.storage, args.name or kind.value, getattr(args, "teacher", None),
                            s3_endpoint=args.s3_endpoint, ray_address=args.address)
 
     def human(r: dict) -> None:
@@ -208,11 +199,11 @@ def _train_command(args: argparse.Namespace, mode: str) -> None:
 
 
 def cmd_train_teacher(args: argparse.Namespace) -> None:
-    _train_command(args, "teacher")
+    _train_command(args, teacher=True)
 
 
 def cmd_distill(args: argparse.Namespace) -> None:
-    _train_command(args, "distill")
+    _train_command(args, teacher=False)
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
@@ -302,13 +293,25 @@ def cmd_cluster(args: argparse.Namespace) -> None:
 
 
 def cmd_quickstart(args: argparse.Namespace) -> None:
+    from cdkd_ray.apps.quickstart_presets import preflight
+
+    port = preflight(args.workdir, args.preset, args.serve_port)  # in the first second, before torch and Ray load
     from cdkd_ray.apps.quickstart import run_quickstart
 
-    summary = run_quickstart(args.workdir, args.preset, args.serve_port)
+    summary = run_quickstart(args.workdir, args.preset, port)
     emit(summary, args.json)
 
 
 # ---------------------------------------------------------------- parser
+
+def _add_s3_endpoint(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--s3-endpoint", help="S3 endpoint URL (default: $AWS_ENDPOINT_URL_S3 / $AWS_ENDPOINT_URL)")
+
+
+def _add_address(p: argparse.ArgumentParser, help_text: str = "Ray cluster address (default: $RAY_ADDRESS, "
+                                                             "else a local Ray)") -> None:
+    p.add_argument("--address", help=help_text)
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -347,7 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", help="split name (default: inferred from the file name: train/val)")
     p.add_argument("--rows-per-file", type=int, default=1000, help="images per Parquet file (default: 1000)")
     p.add_argument("--skip-bad", action="store_true", help="write the good items and a report of the bad ones")
-    p.add_argument("--s3-endpoint", help="S3 endpoint URL (default: $AWS_ENDPOINT_URL_S3 / $AWS_ENDPOINT_URL)")
+    _add_s3_endpoint(p)
 
     p = add("codec-check", cmd_codec_check,
             "AP ceiling of a heatmap resolution: ground truth through crop, encode, decode and back.")
@@ -358,7 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sigma", type=float, help="Gaussian sigma in heatmap pixels (default 2)")
     p.add_argument("--decode", choices=["argmax", "dark"], help="decoder (default argmax + quarter offset)")
     p.add_argument("--boxes", help="COCO person detection results JSON (default: GT boxes)")
-    p.add_argument("--s3-endpoint", help="S3 endpoint URL")
+    _add_s3_endpoint(p)
 
     p = add("show", cmd_show, "Picture of (augmented) training crops with skeletons and target heatmaps.")
     p.add_argument("uri", metavar="URI", help="shard root: a folder or s3://bucket/prefix")
@@ -367,7 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="grid.png", help="PNG to write (default grid.png)")
     p.add_argument("--input-size", type=_size, help="HxW (default 256x192)")
     p.add_argument("--seed", type=int, help="augmentation seed (default 0)")
-    p.add_argument("--s3-endpoint", help="S3 endpoint URL")
+    _add_s3_endpoint(p)
 
     def training_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.epochs=20")
@@ -376,8 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--data", required=True, help="shard root holding train/ and val/ (folder or s3://)")
         p.add_argument("--storage", required=True, help="where runs and checkpoints go (folder or s3://)")
         p.add_argument("--name", help="run name; re-running the same name resumes it")
-        p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
-        p.add_argument("--s3-endpoint", help="S3 endpoint URL")
+        _add_address(p)
+        _add_s3_endpoint(p)
 
     p = add("train-teacher", cmd_train_teacher, "Supervised pose training of the teacher (teacher.arch) on Ray Train.")
     training_args(p)
@@ -394,8 +397,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default="sweep", help="sweep name (default: sweep)")
     p.add_argument("--teacher", required=True, help="teacher checkpoint for every trial")
     p.add_argument("--resume", action="store_true", help="continue an interrupted sweep of the same name")
-    p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
-    p.add_argument("--s3-endpoint", help="S3 endpoint URL")
+    _add_address(p)
+    _add_s3_endpoint(p)
 
     p = add("serve", cmd_serve, "Serve a student export over HTTP with Ray Serve (batching, autoscaling).")
     p.add_argument("model", metavar="MODEL_DIR_OR_URI", help="a student export folder (cdkd-ray export) or s3:// URI")
@@ -405,7 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--min-replicas", type=int, default=1)
     p.add_argument("--max-replicas", type=int, default=2)
-    p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
+    _add_address(p)
     p.add_argument("--detach", action="store_true",
                    help="deploy and return (the app keeps running on the cluster; for Ray Jobs)")
     p.add_argument("--proxy-location", choices=["EveryNode", "HeadOnly"], default="EveryNode",
@@ -417,7 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("url", metavar="URL", help="the endpoint's base URL (loopback only), e.g. http://127.0.0.1:8000")
     p.add_argument("--image", required=True, help="JPEG or PNG sent with every request")
     p.add_argument("--boxes", help="person boxes as JSON [[x, y, w, h], ...] (default: the whole image)")
-    p.add_argument("--address", help="the Ray cluster serving it (default: $RAY_ADDRESS)")
+    _add_address(p, "the Ray cluster serving it (default: $RAY_ADDRESS)")
     p.add_argument("--concurrency", type=int, default=16, help="concurrent clients (default 16)")
     p.add_argument("--max-requests", type=int, default=5000, help="cap on requests sent (default 5000)")
     p.add_argument("--max-seconds", type=float, default=180, help="cap on the load phase (default 180)")
@@ -439,7 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dashboard-port", type=int, default=8265, help="dashboard / Ray Jobs port (default 8265)")
     p.add_argument("--state-dir", help="where the head's PID, log and effective config are kept "
                                        "(default: $CDKD_RAY_HOME/local-cluster or ~/.cache/cdkd-ray/local-cluster)")
-    p.add_argument("--address", help="status: a cluster address instead of the recorded local cluster")
+    _add_address(p, "status: a cluster address instead of the recorded local cluster")
 
     p = add("model-info", cmd_model_info, "Parameters and FLOPs of the student, the teacher and train-only modules.")
     p.add_argument("arch_or_config", metavar="ARCH_OR_CONFIG",
@@ -457,7 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("shards-info", cmd_shards_info, "Print counts, schema and checksums of every split, verified.")
     p.add_argument("uri", metavar="URI", help="shard root: a folder or s3://bucket/prefix")
     p.add_argument("--quick", action="store_true", help="check Parquet metadata only, not file checksums")
-    p.add_argument("--s3-endpoint", help="S3 endpoint URL")
+    _add_s3_endpoint(p)
     return parser
 
 
@@ -476,6 +479,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if getattr(args, "json", False):
+        from cdkd_ray.ray_adapters.runtime import stream_worker_logs
+
+        stream_worker_logs(False)  # nothing streamed from cluster workers may follow the JSON line
     try:
         args.func(args)
     except CdkdError as exc:

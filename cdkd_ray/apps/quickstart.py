@@ -9,28 +9,23 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from tqdm import tqdm
 
-
-@dataclass(frozen=True)
-class QuickstartPreset:
-    train_images: int
-    val_images: int
-    experiment: str
-    teacher_overrides: list[str] = field(default_factory=list)
-    student_overrides: list[str] = field(default_factory=list)
-    seed: int = 0
-    disk_gib: float = 2.0  # free space the work folder needs (checkpoints, shards, Ray's spill)
-
-
-PRESETS = {
-    "tiny": QuickstartPreset(48, 16, "tiny", ["train.epochs=2"], ["train.epochs=2"], disk_gib=2.0),
-    "small": QuickstartPreset(300, 60, "synth-cpu",
-                              ["train.epochs=3", "train.lr_steps=[100]", "train.warmup_iters=20"],
-                              ["train.epochs=3", "train.lr_steps=[100]", "train.warmup_iters=20"], disk_gib=5.0),
-}
+from cdkd_ray.apps.quickstart_presets import PRESETS, QuickstartPreset, preflight
+from cdkd_ray.apps.recipes import KdPlan, make_synthetic, run_kd_plan, shard_coco_dir
+from cdkd_ray.core.codec_check import codec_check
+from cdkd_ray.core.config import load_config
+from cdkd_ray.core.experiment import ExperimentConfig, RunKind
+from cdkd_ray.core.keypoints import is_labelled_person
+from cdkd_ray.core.models.export import export_student
+from cdkd_ray.core.models.info import model_info
+from cdkd_ray.core.shards import shards_info
+from cdkd_ray.core.show import show_instances
+from cdkd_ray.ray_adapters.runtime import ensure_ray
+from cdkd_ray.ray_adapters.serve.deploy import APP_NAME
+from cdkd_ray.ray_adapters.train_driver import summary_line
 
 
 class _Stages:
@@ -44,119 +39,108 @@ class _Stages:
         print(f"\n[{self.index}/{self.total}] {title}  (t={time.perf_counter() - self.started:.0f}s)", flush=True)
 
 
-def preflight(workdir: str, preset_name: str, serve_port: int) -> int:
-    """Everything the quickstart will need, checked before any work; returns the Serve port to use."""
-    from cdkd_ray.apps.environment_check import DiskNeed, check_run_environment, claim_workdir, pick_free_port
+@dataclass(frozen=True)
+class _Paths:
+    """Where each stage writes, under the work folder."""
 
-    check_run_environment(workdir, DiskNeed(PRESETS[preset_name].disk_gib), serve_port)
-    claim_workdir(workdir, ".quickstart.json", {"preset": preset_name})
-    return serve_port or pick_free_port()
+    workdir: str
+    data: str
+    shards: str
+    runs: str
+    export: str
+    crops_png: str
+    autoscale: str
+    summary: str
+
+    @classmethod
+    def under(cls, workdir: str) -> "_Paths":
+        names = ("synth", "shards", "runs", "student", "train_crops.png", "serve_autoscale", "quickstart_summary.json")
+        return cls(workdir, *(os.path.join(workdir, n) for n in names))
 
 
 def run_quickstart(workdir: str, preset_name: str = "small", serve_port: int = 0) -> dict:
+    """Every stage in order; returns (and writes) the summary with the paths of everything made."""
     workdir = os.path.abspath(workdir)
     serve_port = preflight(workdir, preset_name, serve_port)
-    from cdkd_ray.core.shards import shard_coco, shards_info
-    from cdkd_ray.core.coco.synth import synth_split
-    from cdkd_ray.core.config import load_config
-    from cdkd_ray.core.show import show_instances
-    from cdkd_ray.core.models.export import export_student
-    from cdkd_ray.core.models.info import model_info
-    from cdkd_ray.ray_adapters.runtime import ensure_ray
-    from cdkd_ray.core.codec_check import codec_check
-    from cdkd_ray.core.experiment import ExperimentConfig
-    from cdkd_ray.ray_adapters.train_driver import run_training, summary_line
+    preset, paths, stages = PRESETS[preset_name], _Paths.under(workdir), _Stages(12)
+    base = load_config(ExperimentConfig, preset.experiment)
+    summary = {"workdir": workdir, "preset": preset_name, "synthetic_data": paths.data, "shards": paths.shards}
+    summary.update(_data_stages(preset, base, paths, stages))
+    ensure_ray()
+    trained = _training_stages(preset, base, paths, stages)
+    summary.update({label.lower(): _run_entry(run) for label, run in trained.items()})
+    stages.begin("export the CDKD student (+ONNX with in-graph decode)")
+    exported = export_student(trained["CDKD"]["best_checkpoint"], paths.export, onnx=True, onnx_decode=True)
+    print(f"  {paths.export}: {exported['parameters']:,} parameters (= baseline), ONNX {exported['onnx']}")
+    summary.update(student_export=paths.export, onnx=exported["onnx"], **_serve_stages(paths, serve_port, stages))
+    summary["seconds"] = round(time.perf_counter() - stages.started, 1)
+    with open(paths.summary, "w") as f:
+        json.dump(summary, f, indent=1)
+    _print_summary(summary, trained, paths)
+    return summary
 
-    preset = PRESETS[preset_name]
-    data_dir, shard_root = os.path.join(workdir, "synth"), os.path.join(workdir, "shards")
-    runs = os.path.join(workdir, "runs")
-    stages = _Stages(12)
 
-    stages.begin(f"synthetic COCO dataset -> {data_dir}")
+def _data_stages(preset: QuickstartPreset, base: ExperimentConfig, paths: _Paths, stages: _Stages) -> dict:
+    stages.begin(f"synthetic COCO dataset -> {paths.data}")
     with tqdm(total=preset.train_images + preset.val_images, desc="synth", unit="img", disable=None) as bar:
-        for split, n in (("train", preset.train_images), ("val", preset.val_images)):
-            synth_split(data_dir, split, n, preset.seed, progress=bar.update)
-
-    stages.begin(f"Parquet shards -> {shard_root}")
-    for split in ("train", "val"):
-        shard_coco(os.path.join(data_dir, "annotations", f"person_keypoints_{split}.json"),
-                   os.path.join(data_dir, split), shard_root, split=split)
-
+        make_synthetic(paths.data, preset.train_images, preset.val_images, preset.seed, progress=bar.update)
+    stages.begin(f"Parquet shards -> {paths.shards}")
+    shard_coco_dir(paths.data, paths.shards, show_progress=True)
     stages.begin("verify shards")
-    info = shards_info(shard_root)
-    for split, s in info["splits"].items():
+    for split, s in shards_info(paths.shards)["splits"].items():
         print(f"  {split}: {s['num_images']} images, {s['num_keypointed_persons']} people with keypoints, "
               f"{'verified' if s['verified'] else 'PROBLEMS: ' + '; '.join(s['problems'])}")
-
-    base = load_config(ExperimentConfig, preset.experiment)
     stages.begin("what the model is fed: augmented training crops with skeletons and target heatmaps")
-    grid_png = show_instances(shard_root, "train", base.data, 16, os.path.join(workdir, "train_crops.png"))["out"]
+    grid_png = show_instances(paths.shards, "train", base.data, 16, paths.crops_png)["out"]
     print(f"  {grid_png}")
-
     stages.begin("codec ceiling: ground truth through crop -> heatmap -> decode -> COCOeval")
-    ceiling = codec_check(shard_root, "val", base.data)
-    print(f"  AP ceiling at {base.data.input_size[0]}x{base.data.input_size[1]} -> "
-          f"{base.data.heatmap_size[0]}x{base.data.heatmap_size[1]}: {ceiling['stats']['AP']:.3f}")
+    ceiling = codec_check(paths.shards, "val", base.data)["stats"]["AP"]
+    (h, w), (hh, hw) = base.data.input_size, base.data.heatmap_size
+    print(f"  AP ceiling at {h}x{w} -> {hh}x{hw}: {ceiling:.3f}")
+    return {"train_crops_png": grid_png, "codec_ceiling_ap": ceiling}
 
-    ensure_ray()
-    stages.begin(f"train the teacher ({base.teacher.arch}) on Ray Train")
-    teacher = run_training(load_config(ExperimentConfig, preset.experiment, preset.teacher_overrides), "teacher",
-                           shard_root, runs, "teacher")
-    print("  " + summary_line(teacher))
 
-    students = {}
-    for kind, extra in (("baseline", ["distill.enabled=false"]), ("cdkd", [])):
-        stages.begin(f"{'plain baseline' if kind == 'baseline' else 'CDKD'} student ({base.model.arch}), "
-                     f"same data, schedule and seed")
-        cfg = load_config(ExperimentConfig, preset.experiment, [*preset.student_overrides, *extra])
-        students[kind] = run_training(cfg, "distill", shard_root, runs, kind,
-                                      teacher_checkpoint=teacher["best_checkpoint"])
-        print("  " + summary_line(students[kind]))
-
+def _training_stages(preset: QuickstartPreset, base: ExperimentConfig, paths: _Paths, stages: _Stages) -> dict:
+    """Teacher, baseline and CDKD student on Ray Train, then the evaluation table; {label: run summary}."""
+    titles = {RunKind.TEACHER: f"train the teacher ({base.teacher.arch}) on Ray Train",
+              RunKind.BASELINE: f"plain baseline student ({base.model.arch}), same data, schedule and seed",
+              RunKind.CDKD: f"CDKD student ({base.model.arch}), same data, schedule and seed"}
+    plan = KdPlan(preset.experiment, preset.teacher_overrides, preset.student_overrides, (preset.seed,))
+    done = run_kd_plan(plan, paths.shards, paths.runs, before_run=lambda _n, kind, _c: stages.begin(titles[kind]),
+                       after_run=lambda run: print("  " + summary_line(run)))
+    trained = {"teacher": done["teacher"], "baseline": done["students"]["baseline"], "CDKD": done["students"]["cdkd"]}
     stages.begin("evaluation table")
-    results = {"teacher": teacher, "baseline": students["baseline"], "CDKD": students["cdkd"]}
-    print(format_results_table(results, model_info(preset.experiment)["models"]))
+    print(format_results_table(trained, model_info(preset.experiment)["models"]))
+    return trained
 
-    stages.begin("export the CDKD student (+ONNX with in-graph decode)")
-    export_dir = os.path.join(workdir, "student")
-    exported = export_student(students["cdkd"]["best_checkpoint"], export_dir, onnx=True, onnx_decode=True)
-    print(f"  {export_dir}: {exported['parameters']:,} parameters (= baseline), ONNX {exported['onnx']}")
+
+def _serve_stages(paths: _Paths, serve_port: int, stages: _Stages) -> dict:
+    from ray import serve
 
     stages.begin("serve the student with Ray Serve (autoscaling 1..3 replicas) and send a real request")
-    url, request = _serve(export_dir, serve_port), _sample_request(data_dir)
+    url, request = _serve(paths.export, serve_port), _sample_request(paths.data)
     try:
-        render_png, persons = _request_and_render(url, request, workdir)
+        render_png, persons = _request_and_render(url, request, paths.workdir)
         print(f"  {persons} person(s) answered; skeletons drawn in {render_png}")
         stages.begin("autoscaled serving: bounded load until replicas scale up, then none until they scale down")
-        scaling = _autoscale_demo(url, request, os.path.join(workdir, "serve_autoscale"))
+        scaling = _autoscale_demo(url, request, paths.autoscale)
     finally:
-        from ray import serve
-
-        from cdkd_ray.ray_adapters.serve.deploy import APP_NAME
-
         serve.delete(APP_NAME)
+    return {"rendered_png": render_png,
+            "serve_autoscaling": {k: scaling[k] for k in ("start_replicas", "peak_replicas", "end_replicas",
+                                                          "scaled_up_after_s", "scaled_down_after_s", "plot")}}
 
-    summary = {
-        "workdir": workdir, "preset": preset_name, "synthetic_data": data_dir, "shards": shard_root,
-        "train_crops_png": grid_png, "codec_ceiling_ap": ceiling["stats"]["AP"],
-        **{label.lower(): _run_entry(run) for label, run in results.items()},
-        "student_export": export_dir, "onnx": exported["onnx"], "rendered_png": render_png,
-        "serve_autoscaling": {k: scaling[k] for k in ("start_replicas", "peak_replicas", "end_replicas",
-                                                      "scaled_up_after_s", "scaled_down_after_s", "plot")},
-        "seconds": round(time.perf_counter() - stages.started, 1),
-    }
-    with open(os.path.join(workdir, "quickstart_summary.json"), "w") as f:
-        json.dump(summary, f, indent=1)
+
+def _print_summary(summary: dict, trained: dict, paths: _Paths) -> None:
     print(f"\nquickstart done in {summary['seconds']}s")
-    print(f"  AP  teacher {teacher['best_ap']:.4f}   baseline {students['baseline']['best_ap']:.4f}   "
-          f"CDKD {students['cdkd']['best_ap']:.4f}   (codec ceiling {ceiling['stats']['AP']:.3f})")
-    print(f"  training crops:   {grid_png}")
-    print(f"  curves:           {students['cdkd']['curves_png']}")
-    print(f"  checkpoints:      {runs}")
-    print(f"  student export:   {export_dir}  (serve it: cdkd-ray serve {export_dir})")
-    print(f"  skeleton PNG:     {render_png}")
-    print(f"  replicas plot:    {scaling['plot']}")
-    return summary
+    print("  AP  " + "   ".join(f"{label} {run['best_ap']:.4f}" for label, run in trained.items())
+          + f"   (codec ceiling {summary['codec_ceiling_ap']:.3f})")
+    print(f"  training crops:   {summary['train_crops_png']}")
+    print(f"  curves:           {trained['CDKD']['curves_png']}")
+    print(f"  checkpoints:      {paths.runs}")
+    print(f"  student export:   {paths.export}  (serve it: cdkd-ray serve {paths.export})")
+    print(f"  skeleton PNG:     {summary['rendered_png']}")
+    print(f"  replicas plot:    {summary['serve_autoscaling']['plot']}")
 
 
 def _run_entry(run: dict) -> dict:
@@ -212,8 +196,7 @@ def _sample_request(data_dir: str) -> _Request:
     with open(os.path.join(data_dir, "annotations", "person_keypoints_val.json")) as f:
         ann = json.load(f)
     image = ann["images"][0]
-    boxes = [a["bbox"] + [1.0] for a in ann["annotations"] if a["image_id"] == image["id"] and not a["iscrowd"]
-             and a["num_keypoints"] > 0]
+    boxes = [a["bbox"] + [1.0] for a in ann["annotations"] if a["image_id"] == image["id"] and is_labelled_person(a)]
     with open(os.path.join(data_dir, "val", image["file_name"]), "rb") as f:
         return _Request(f.read(), boxes)
 

@@ -1,4 +1,10 @@
-"""Training checkpoints: a directory with model.pt, optimizer.pt and trainer_state.json."""
+"""The checkpoint formats, and the only place their file names are spelled.
+
+A training checkpoint is a directory `checkpoint_epochNNNN/` with model.pt (state_dict of the student
+plus train-only modules), optimizer.pt and trainer_state.json (epoch, step, metrics, history, config).
+A student export is a directory with student.pt (the student alone), model_card.json and optionally
+student.onnx. Everything is read with torch.load(..., weights_only=True).
+"""
 
 from __future__ import annotations
 
@@ -8,11 +14,20 @@ import os
 
 import torch
 
-from cdkd_ray.core.models.loading import CheckpointError
+from cdkd_ray.core.errors import CheckpointError
 
 MODEL_FILE = "model.pt"
 OPTIMIZER_FILE = "optimizer.pt"
 STATE_FILE = "trainer_state.json"
+CHECKPOINT_PREFIX = "checkpoint_epoch"
+STUDENT_FILE = "student.pt"
+CARD_FILE = "model_card.json"
+ONNX_FILE = "student.onnx"
+EXPORT_FILES = (STUDENT_FILE, CARD_FILE, ONNX_FILE)
+
+
+def checkpoint_dir_name(epoch: int) -> str:
+    return f"{CHECKPOINT_PREFIX}{epoch:04d}"
 
 
 def save_checkpoint(directory: str, model_state: dict, optimizer_state: dict | None, trainer_state: dict) -> None:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from cdkd_ray.core.geometry import FLIP_INDEX
+from cdkd_ray.core.geometry import apply_affine, crop_affine, invert_affine
+from cdkd_ray.core.keypoints import FLIP_INDEX
 
 
 def encode_heatmaps(joints: np.ndarray, visible: np.ndarray, input_size: tuple[int, int],
@@ -84,6 +85,8 @@ def decode_heatmaps(heatmaps: np.ndarray, method: str = "argmax", dark_kernel: i
         hm = heatmaps.reshape(n * k, h, w)
         ii = np.arange(n * k)
         x, y = px.reshape(-1), py.reshape(-1)
+        # On purpose unlike SimpleBaseline (which shifts only when 1 < px < w-1 and 1 < py < h-1 together):
+        # each axis is shifted wherever both its neighbours exist, so an edge row still refines x.
         ok_x = (x > 0) & (x < w - 1)
         ok_y = (y > 0) & (y < h - 1)
         xr, xl = np.clip(x + 1, 0, w - 1), np.clip(x - 1, 0, w - 1)
@@ -98,31 +101,48 @@ def decode_heatmaps(heatmaps: np.ndarray, method: str = "argmax", dark_kernel: i
     return coords.astype(np.float32), maxvals
 
 
+def gaussian_blur(maps: np.ndarray, kernel: int) -> np.ndarray:
+    """Separable Gaussian blur of [M,h,w] maps, zeros outside the map, vectorised over maps (OpenCV's sigma rule)."""
+    radius = kernel // 2
+    sigma = 0.3 * ((kernel - 1) * 0.5 - 1) + 0.8
+    taps = np.exp(-np.arange(-radius, radius + 1) ** 2 / (2 * sigma ** 2))
+    taps /= taps.sum()
+    _, h, w = maps.shape
+    rows = np.pad(maps, ((0, 0), (radius, radius), (0, 0)))
+    out = sum(t * rows[:, i:i + h, :] for i, t in enumerate(taps))
+    cols = np.pad(out, ((0, 0), (0, 0), (radius, radius)))
+    return sum(t * cols[:, :, i:i + w] for i, t in enumerate(taps))
+
+
 def _dark_offsets(heatmaps: np.ndarray, px: np.ndarray, py: np.ndarray, kernel: int) -> np.ndarray:
+    """DARK: a Taylor step on the smoothed log-heatmap at the argmax.
+
+    Near the border any blur is biased: reflecting the border (cv2's default) mirrors the peak back in
+    and drags the estimate outward (a sigma-2 peak at x=2 decodes to 1.00), zero padding pulls it
+    inward (2.21, mmpose's result). So the blurred map is used only where the blur window around the
+    3x3 neighbourhood lies inside the map; closer to the border the step runs on the raw log-heatmap,
+    exact for a Gaussian peak. A peak on the outermost pixels is left unrefined.
+    """
     n, k, h, w = heatmaps.shape
-    hm = heatmaps.reshape(n * k, h, w).copy()
-    for i in range(n * k):  # per-map smoothing; cv2 has no batched blur
-        peak = hm[i].max()
-        blurred = cv2.GaussianBlur(hm[i], (kernel, kernel), 0)
-        hm[i] = blurred * (peak / max(blurred.max(), 1e-12))
-    hm = np.log(np.clip(hm, 1e-10, None))
-    pad = np.pad(hm, ((0, 0), (1, 1), (1, 1)), mode="edge")
-    x, y = px.reshape(-1) + 1, py.reshape(-1) + 1
-    ii = np.arange(n * k)
-    at = lambda dy, dx: pad[ii, y + dy, x + dx]  # noqa: E731
-    dx = 0.5 * (at(0, 1) - at(0, -1))
-    dy = 0.5 * (at(1, 0) - at(-1, 0))
+    maps = heatmaps.reshape(n * k, h, w)
+    blurred = gaussian_blur(maps, kernel)
+    scale = maps.max((1, 2)) / np.maximum(blurred.max((1, 2)), 1e-12)
+    x, y = px.reshape(-1), py.reshape(-1)
+    reach = kernel // 2 + 1
+    far = (x >= reach) & (x < w - reach) & (y >= reach) & (y < h - reach)
+    hm = np.log(np.clip(np.where(far[:, None, None], blurred * scale[:, None, None], maps), 1e-10, None))
+    inner = (x > 0) & (x < w - 1) & (y > 0) & (y < h - 1)
+    x, y, ii = np.clip(x, 1, w - 2), np.clip(y, 1, h - 2), np.arange(n * k)
+    at = lambda dy, dx: hm[ii, y + dy, x + dx]  # noqa: E731
+    dx, dy = 0.5 * (at(0, 1) - at(0, -1)), 0.5 * (at(1, 0) - at(-1, 0))
     dxx = at(0, 1) - 2 * at(0, 0) + at(0, -1)
     dyy = at(1, 0) - 2 * at(0, 0) + at(-1, 0)
     dxy = 0.25 * (at(1, 1) - at(1, -1) - at(-1, 1) + at(-1, -1))
     det = dxx * dyy - dxy ** 2
-    ok = np.abs(det) > 1e-12
+    ok = inner & (np.abs(det) > 1e-12)
     safe = np.where(ok, det, 1.0)
-    off_x = -(dyy * dx - dxy * dy) / safe
-    off_y = -(dxx * dy - dxy * dx) / safe
-    off = np.stack([off_x, off_y], -1) * ok[:, None]
-    off = np.clip(off, -1.0, 1.0)
-    return off.reshape(n, k, 2)
+    off = np.stack([-(dyy * dx - dxy * dy) / safe, -(dxx * dy - dxy * dx) / safe], -1) * ok[:, None]
+    return np.clip(off, -1.0, 1.0).reshape(n, k, 2)
 
 
 def heatmap_to_input(coords: np.ndarray, input_size: tuple[int, int], heatmap_size: tuple[int, int]) -> np.ndarray:
@@ -157,8 +177,6 @@ def flip_back(heatmaps, shift: bool = True):
 
 def crop_to_image(points: np.ndarray, center: np.ndarray, scale: np.ndarray, input_size: tuple[int, int]) -> np.ndarray:
     """Input-crop pixels [N,K,2] -> original image pixels (unrotated, unflipped crops)."""
-    from cdkd_ray.core.geometry import apply_affine, crop_affine, invert_affine
-
     mat = crop_affine(np.asarray(center, np.float64), np.asarray(scale, np.float64),
                       np.zeros(len(center)), input_size)
     return apply_affine(points.astype(np.float64), invert_affine(mat)).astype(np.float32)

@@ -6,11 +6,12 @@ from dataclasses import dataclass
 from typing import Literal, Optional
 
 from cdkd_ray.core.errors import ConfigError
+from cdkd_ray.core.models.pose_resnet import HEATMAP_STRIDE, heatmap_size_for
 
 
 @dataclass
 class DataConfig:
-    """Input/heatmap geometry, augmentation and pipeline options (DESIGN.md section 4)."""
+    """Input/heatmap geometry, augmentation (the SimpleBaseline recipe) and pipeline options."""
 
     input_size: tuple[int, int] = (256, 192)  # H, W
     heatmap_size: tuple[int, int] = (64, 48)  # H, W
@@ -39,8 +40,9 @@ class DataConfig:
         if h % 32 or w % 32 or h <= 0 or w <= 0:
             raise ConfigError(f"{where}.input_size {h}x{w}: both sides must be positive multiples of 32 "
                               "(the ResNet stride); the smallest 4:3 input is 128x96")
-        if h != hh * 4 or w != hw * 4:
-            raise ConfigError(f"{where}.heatmap_size {hh}x{hw} must be input_size / 4 = {h // 4}x{w // 4} "
+        if (hh, hw) != heatmap_size_for(self.input_size):
+            eh, ew = heatmap_size_for(self.input_size)
+            raise ConfigError(f"{where}.heatmap_size {hh}x{hw} must be input_size / {HEATMAP_STRIDE} = {eh}x{ew} "
                               "(three stride-2 deconvolutions after a stride-32 backbone)")
         if self.sigma <= 0:
             raise ConfigError(f"{where}.sigma must be > 0")

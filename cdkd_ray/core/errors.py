@@ -20,3 +20,7 @@ class DataValidationError(CdkdError):
 
 class ConfigError(CdkdError):
     """A configuration file or override is invalid."""
+
+
+class CheckpointError(CdkdError):
+    """A checkpoint cannot be read, does not fit the model, or would overwrite something else."""

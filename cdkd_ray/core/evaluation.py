@@ -12,6 +12,8 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from cdkd_ray.core.keypoints import OKS_SIGMAS, is_labelled_person
+
 STAT_NAMES = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
 
 
@@ -56,12 +58,12 @@ def gt_as_results(annotations: dict) -> list[dict]:
     return [
         {"image_id": a["image_id"], "category_id": a["category_id"], "keypoints": a["keypoints"], "score": 1.0}
         for a in annotations["annotations"]
-        if not a.get("iscrowd") and a.get("num_keypoints", 0) > 0
+        if is_labelled_person(a)
     ]
 
 
 def evaluate_keypoints(gt: COCO | dict | str, results: list[dict], verbose: bool = False) -> dict:
-    """Run COCOeval 'keypoints'; returns AP/AR stats by name (all -1 when nothing to score)."""
+    """Run COCOeval 'keypoints'; returns AP/AR stats by name (all 0.0 when there are no results)."""
     coco = gt if isinstance(gt, COCO) else load_coco_gt(gt)
     if not results:
         return {name: 0.0 for name in STAT_NAMES}
@@ -95,7 +97,8 @@ def oks_matrix(kpts: np.ndarray, areas: np.ndarray, sigmas: np.ndarray) -> np.nd
 
 def oks_nms(kpts: np.ndarray, scores: np.ndarray, areas: np.ndarray, threshold: float, sigmas: np.ndarray) -> list[int]:
     """Greedy OKS non-maximum suppression; returns kept indices, best first."""
-    order = np.argsort(-scores)
+    # Stable: on equal scores the earlier pose wins (SimpleBaseline's argsort()[::-1] takes the later one).
+    order = np.argsort(-scores, kind="stable")
     oks = oks_matrix(kpts, areas, sigmas)
     keep: list[int] = []
     suppressed = np.zeros(len(scores), bool)
@@ -118,8 +121,6 @@ def predictions_to_results(keypoints: np.ndarray, keypoint_scores: np.ndarray, i
                            box_scores: np.ndarray, areas: np.ndarray, nms_threshold: float = 0.9,
                            rescore_threshold: float = 0.2) -> list[dict]:
     """COCO keypoint results from image-space predictions: rescoring, then OKS-NMS per image."""
-    from cdkd_ray.core.keypoints import OKS_SIGMAS
-
     scores = rescore(keypoint_scores, box_scores, rescore_threshold)
     poses = np.concatenate([keypoints, keypoint_scores[..., None]], -1)
     results = []

@@ -2,18 +2,32 @@
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
 from cdkd_ray.core.data_config import DataConfig
 from cdkd_ray.core.losses import DistillConfig
 from cdkd_ray.core.errors import ConfigError
-from cdkd_ray.core.models.pose_resnet import ModelConfig
+from cdkd_ray.core.models.pose_resnet import Arch, ModelConfig
+
+
+class RunKind(str, enum.Enum):
+    """What a training run is: the teacher, the plain baseline student, or the CDKD student."""
+
+    TEACHER = "teacher"
+    BASELINE = "baseline"
+    CDKD = "cdkd"
+
+    @property
+    def distills(self) -> bool:
+        return self is RunKind.CDKD
 
 
 @dataclass
 class TeacherConfig:
-    arch: Literal["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"] = "resnet50"  # for train-teacher
+    arch: Arch = "resnet50"  # what train-teacher trains
     checkpoint: Optional[str] = None  # our checkpoint/export dir or an external SimpleBaseline/mmpose file
     placement: Literal["pool", "worker"] = "pool"
     pool_min: int = 1
@@ -42,6 +56,7 @@ class TrainConfig:
     cpus_per_worker: float = 1.0
     use_gpu: bool = False
     amp: bool = True  # mixed precision on GPU
+    amp_dtype: Literal["float16", "bfloat16"] = "float16"  # float16 uses a gradient scaler, bfloat16 none
     torch_threads: Optional[int] = None
     keep_checkpoints: int = 2
     max_failures: int = 1
@@ -65,3 +80,15 @@ class ExperimentConfig:
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def distill_kind(cfg: ExperimentConfig) -> RunKind:
+    """`cdkd-ray distill` trains the CDKD student, or the plain baseline with distill.enabled=false."""
+    return RunKind.CDKD if cfg.distill.enabled else RunKind.BASELINE
+
+
+def experiment_for(kind: RunKind, cfg: ExperimentConfig) -> ExperimentConfig:
+    """The config a run of `kind` trains: the teacher trains teacher.arch; only CDKD distils."""
+    if kind is RunKind.TEACHER:
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, arch=cfg.teacher.arch))
+    return dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill, enabled=kind.distills))

@@ -9,23 +9,20 @@ from __future__ import annotations
 import json
 import logging
 import math
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
 
 from cdkd_ray.core.coco.images import decode_bgr
-from cdkd_ray.core.keypoints import NUM_KEYPOINTS
+from cdkd_ray.core.keypoints import NUM_KEYPOINTS, is_labelled_person
 from cdkd_ray.core.data_config import DataConfig
 from cdkd_ray.core.codec import encode_heatmaps
-from cdkd_ray.core.geometry import (
-    apply_affine, box_to_center_scale, crop_affine, flip_joints_order, half_body_center_scale,
-    sample_augment, warp_crops,
-)
+from cdkd_ray.core.augment import flip_joints_order, half_body_center_scale, sample_augment
+from cdkd_ray.core.geometry import apply_affine, box_to_center_scale, crop_affine, warp_crops
 from cdkd_ray.core.errors import DataValidationError
 
 log = logging.getLogger("cdkd_ray.data")
-
-INSTANCE_COLUMNS = ("image", "target", "target_weight", "joints", "image_id", "center", "scale", "score", "area")
 
 
 def empty_instances(cfg: DataConfig) -> dict[str, np.ndarray]:
@@ -90,7 +87,7 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _matched_gt_joints(boxes: np.ndarray, persons: list[dict], min_iou: float = 0.5) -> np.ndarray:
-    kept = [p for p in persons if p["num_keypoints"] > 0 and not p["iscrowd"]]
+    kept = [p for p in persons if is_labelled_person(p)]
     joints = np.zeros((len(boxes), NUM_KEYPOINTS, 3), np.float32)
     if not kept or not len(boxes):
         return joints
@@ -109,16 +106,33 @@ def _batch_rng(cfg: DataConfig, epoch: int, image_ids: np.ndarray) -> np.random.
     return np.random.default_rng([cfg.seed, epoch, *[int(i) % (2 ** 32) for i in image_ids]])
 
 
-def build_instances(rows: dict, cfg: DataConfig, train: bool, epoch: int = 0,
-                    detections: dict[int, np.ndarray] | None = None, match_gt: bool = False
-                    ) -> dict[str, np.ndarray]:
-    """Turn a batch of shard rows (columns as lists) into model-ready person instances.
+@dataclass
+class _People:
+    """The people of a batch of images, before cropping: per-person arrays plus the decoded images."""
 
-    Train: every non-crowd person with keypoints, randomly flipped/scaled/rotated/half-body.
-    Val: the same persons with their GT boxes, or the detections of the image when given
-    (with `match_gt`, each detection carries the keypoints of the GT person it overlaps most).
-    """
-    images, boxes, joints, scores, owner_index, owner_id = [], [], [], [], [], []
+    images: list[np.ndarray] = field(default_factory=list)  # RGB
+    boxes: list[np.ndarray] = field(default_factory=list)
+    joints: list[np.ndarray] = field(default_factory=list)
+    scores: list[np.ndarray] = field(default_factory=list)
+    owner_index: list[np.ndarray] = field(default_factory=list)
+    owner_id: list[np.ndarray] = field(default_factory=list)
+
+
+def _image_people(image_id: int, persons: list[dict], train: bool, detections, match_gt: bool):
+    """(boxes [M,4], joints [M,K,3], scores [M]) of one image: its labelled people, or its detections (val)."""
+    if detections is not None and not train:
+        dets = detections.get(int(image_id), np.zeros((0, 5), np.float32))
+        joints = _matched_gt_joints(dets[:, :4], persons) if match_gt else np.zeros((len(dets), NUM_KEYPOINTS, 3),
+                                                                                   np.float32)
+        return dets[:, :4], joints, dets[:, 4]
+    kept = [p for p in persons if is_labelled_person(p)]
+    boxes = np.asarray([p["bbox"] for p in kept], np.float32).reshape(-1, 4)
+    joints = np.asarray([p["keypoints"] for p in kept], np.float32).reshape(-1, NUM_KEYPOINTS, 3)
+    return boxes, joints, np.ones(len(kept), np.float32)
+
+
+def _collect_people(rows: dict, cfg: DataConfig, train: bool, detections, match_gt: bool) -> _People:
+    people = _People()
     for image_id, data, persons, width, height in zip(rows["image_id"], rows["image"], rows["persons"],
                                                       rows["width"], rows["height"]):
         image = decode_bgr(data)
@@ -128,57 +142,54 @@ def build_instances(rows: dict, cfg: DataConfig, train: bool, epoch: int = 0,
                 raise DataValidationError("bad shard data", [message])
             log.warning("%s; skipped (data.on_bad_image=skip)", message)
             continue
-        if detections is not None and not train:
-            dets = detections.get(int(image_id), np.zeros((0, 5), np.float32))
-            img_boxes, img_scores = dets[:, :4], dets[:, 4]
-            img_joints = np.zeros((len(dets), NUM_KEYPOINTS, 3), np.float32)
-            if match_gt:
-                img_joints = _matched_gt_joints(img_boxes, persons)
-        else:
-            kept = [p for p in persons if p["num_keypoints"] > 0 and not p["iscrowd"]]
-            img_boxes = np.asarray([p["bbox"] for p in kept], np.float32).reshape(-1, 4)
-            img_joints = np.asarray([p["keypoints"] for p in kept], np.float32).reshape(-1, NUM_KEYPOINTS, 3)
-            img_scores = np.ones(len(kept), np.float32)
-        img_boxes, keep = clip_boxes(img_boxes, int(width), int(height))
+        boxes, joints, scores = _image_people(image_id, persons, train, detections, match_gt)
+        boxes, keep = clip_boxes(boxes, int(width), int(height))
         if not keep.any():
             continue
-        images.append(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))  # instances travel in RGB
-        boxes.append(img_boxes[keep])
-        joints.append(img_joints[keep])
-        scores.append(img_scores[keep])
-        owner_index.append(np.full(int(keep.sum()), len(images) - 1))
-        owner_id.append(np.full(int(keep.sum()), image_id, np.int64))
-    if not boxes:
+        people.images.append(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))  # instances travel in RGB
+        people.boxes.append(boxes[keep])
+        people.joints.append(joints[keep])
+        people.scores.append(scores[keep])
+        people.owner_index.append(np.full(int(keep.sum()), len(people.images) - 1))
+        people.owner_id.append(np.full(int(keep.sum()), image_id, np.int64))
+    return people
+
+
+def build_instances(rows: dict, cfg: DataConfig, train: bool, epoch: int = 0,
+                    detections: dict[int, np.ndarray] | None = None, match_gt: bool = False
+                    ) -> dict[str, np.ndarray]:
+    """Turn a batch of shard rows (columns as lists) into model-ready person instances.
+
+    Train: every non-crowd person with keypoints, randomly flipped/scaled/rotated/half-body.
+    Val: the same persons with their GT boxes, or the detections of the image when given
+    (with `match_gt`, each detection carries the keypoints of the GT person it overlaps most).
+    """
+    people = _collect_people(rows, cfg, train, detections, match_gt)
+    if not people.boxes:
         return empty_instances(cfg)
-    boxes_a = np.concatenate(boxes)
-    joints_a = np.concatenate(joints)
-    image_index, image_ids = np.concatenate(owner_index), np.concatenate(owner_id)
-    center, scale = box_to_center_scale(boxes_a, cfg.aspect, cfg.padding)
-    n = len(boxes_a)
-    rotation = np.zeros(n, np.float32)
-    flip = np.zeros(n, bool)
+    boxes, joints = np.concatenate(people.boxes), np.concatenate(people.joints)
+    image_index, image_ids = np.concatenate(people.owner_index), np.concatenate(people.owner_id)
+    center, scale = box_to_center_scale(boxes, cfg.aspect, cfg.padding)
+    rotation, flip = np.zeros(len(boxes), np.float32), np.zeros(len(boxes), bool)
     if train:
         rng = _batch_rng(cfg, epoch, np.unique(image_ids))
-        aug = sample_augment(rng, n, cfg.scale_factor, cfg.rotation_factor, cfg.rotation_prob,
+        aug = sample_augment(rng, len(boxes), cfg.scale_factor, cfg.rotation_factor, cfg.rotation_prob,
                              cfg.flip_prob, cfg.half_body_prob)
         hb_center, hb_scale, applied = half_body_center_scale(
-            joints_a, aug.half_body, rng, cfg.aspect, cfg.half_body_min_joints, cfg.half_body_padding)
+            joints, aug.half_body, rng, cfg.aspect, cfg.half_body_min_joints, cfg.half_body_padding)
         center = np.where(applied[:, None], hb_center, center)
         scale = np.where(applied[:, None], hb_scale, scale) * aug.scale_mult[:, None]
         rotation, flip = aug.rotation, aug.flip
     mat = crop_affine(center, scale, rotation, cfg.input_size, flip)
-    crops = warp_crops(images, image_index, mat, cfg.input_size)
-    crop_joints = np.concatenate([apply_affine(joints_a[..., :2], mat), joints_a[..., 2:]], -1).astype(np.float32)
+    crops = warp_crops(people.images, image_index, mat, cfg.input_size)
+    crop_joints = np.concatenate([apply_affine(joints[..., :2], mat), joints[..., 2:]], -1).astype(np.float32)
     crop_joints = flip_joints_order(crop_joints, flip)
     target, weight = encode_heatmaps(crop_joints[..., :2], crop_joints[..., 2], cfg.input_size,
                                      cfg.heatmap_size, cfg.sigma, cfg.subpixel_targets)
-    return {
-        "image": np.ascontiguousarray(crops.transpose(0, 3, 1, 2)),
-        "target": target, "target_weight": weight, "joints": crop_joints, "image_id": image_ids,
-        "center": center.astype(np.float32), "scale": scale.astype(np.float32),
-        "score": np.concatenate(scores).astype(np.float32),
-        "area": (scale[:, 0] * scale[:, 1]).astype(np.float32),
-    }
+    return {"image": np.ascontiguousarray(crops.transpose(0, 3, 1, 2)), "target": target, "target_weight": weight,
+            "joints": crop_joints, "image_id": image_ids, "center": center.astype(np.float32),
+            "scale": scale.astype(np.float32), "score": np.concatenate(people.scores).astype(np.float32),
+            "area": (scale[:, 0] * scale[:, 1]).astype(np.float32)}
 
 
 def rows_from_arrow(table) -> dict:

@@ -34,6 +34,15 @@ LOWER_BODY_IDS: tuple[int, ...] = tuple(range(11, 17))
 PERSON_CATEGORY_ID = 1
 
 
+def is_labelled_person(person) -> bool:
+    """Has keypoints and is not a crowd region: the people that train and that COCOeval scores.
+
+    `person` is a COCO annotation or shard person (a dict), or an object with the same attributes.
+    """
+    get = person.get if isinstance(person, dict) else (lambda key, default=None: getattr(person, key, default))
+    return (get("num_keypoints", 0) or 0) > 0 and not get("iscrowd", 0)
+
+
 def flip_index() -> np.ndarray:
     """Permutation that maps each keypoint to its mirror partner."""
     perm = np.arange(NUM_KEYPOINTS)
@@ -51,3 +60,6 @@ def person_category() -> dict:
         "keypoints": list(KEYPOINT_NAMES),
         "skeleton": [list(edge) for edge in SKELETON_1BASED],
     }
+
+
+FLIP_INDEX = flip_index()

@@ -1,6 +1,6 @@
 """CDKD losses: GT heatmap MSE + intermediate distillation with channel dropout + final distillation.
 
-L = L_gt(S, GT) + alpha * L_inter + beta * L_final   (DESIGN.md section 5)
+L = L_gt(S, GT) + alpha * L_inter + beta * L_final
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ from cdkd_ray.core.coco.annotations import CocoKeypointSet, parse_coco_keypoints
 from cdkd_ray.core.coco.images import image_problem
 from cdkd_ray.core.storage import Location, resolve
 from cdkd_ray.core.errors import DataValidationError
+from cdkd_ray.core.keypoints import is_labelled_person
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -61,7 +62,6 @@ class _PartWriter:
     """Buffers rows and writes numbered part files under a prefix, hashing each file."""
 
     prefix: Location
-    split: str
     rows_per_file: int
     rows: list[dict] = field(default_factory=list)
     files: list[dict] = field(default_factory=list)
@@ -100,84 +100,83 @@ def _person_rows(persons) -> list[dict]:
     ]
 
 
-def shard_coco(
-    annotation_path: str,
-    image_dir: str,
-    out_uri: str,
-    split: str | None = None,
-    rows_per_file: int = 1000,
-    skip_bad: bool = False,
-    s3_endpoint: str | None = None,
-    show_progress: bool = True,
-) -> dict:
+def _write_parts(coco: CocoKeypointSet, images: Location, image_dir: str, split: str, writer: _PartWriter,
+                 skip_bad: bool, show_progress: bool) -> tuple[list[str], set[int]]:
+    """Check and write every image; returns (problems, ids of bad images). Keeps scanning after a bad one."""
+    problems: list[str] = list(coco.problems)
+    bad_images: set[int] = set()
+    for im in tqdm(coco.images, desc=f"shard {split}", unit="img", disable=not show_progress):
+        try:
+            data = images.join(im.file_name).read_bytes()
+        except FileNotFoundError:
+            problems.append(f"image id={im.image_id}: file '{im.file_name}' not found in {image_dir}")
+            bad_images.add(im.image_id)
+            continue
+        problem = image_problem(data, im.width, im.height)
+        if problem:
+            problems.append(f"image id={im.image_id}: file '{im.file_name}': {problem}")
+            bad_images.add(im.image_id)
+            continue
+        if bad_images and not skip_bad:
+            continue  # keep scanning to report every bad item; nothing will be published
+        writer.add({"image_id": im.image_id, "file_name": im.file_name, "width": im.width, "height": im.height,
+                    "image": data, "persons": _person_rows(im.persons), "split": split})
+    writer.flush()
+    return problems, bad_images
+
+
+def _manifest(coco: CocoKeypointSet, split: str, writer: _PartWriter, ann_bytes: bytes, annotation_path: str,
+              problems: list[str]) -> dict:
+    persons = [p for im in coco.images for p in im.persons]
+    return {
+        "schema_version": SCHEMA_VERSION, "split": split, "created_unix": time.time(),
+        "num_images": len(coco.images), "num_persons": len(persons),
+        "num_keypointed_persons": sum(map(is_labelled_person, persons)),
+        "num_crowd": sum(1 for p in persons if p.iscrowd),
+        "total_bytes": writer.total_bytes, "files": writer.files, "columns": SHARD_SCHEMA.names,
+        "annotation_file": ANNOTATIONS, "annotation_sha256": hashlib.sha256(ann_bytes).hexdigest(),
+        "source_annotation_file": annotation_path, "source_annotation_sha256": coco.source_sha256,
+        "skipped_non_person": coco.skipped_non_person, "skipped_bad": len(problems),
+        "categories": coco.raw.get("categories", []),
+    }
+
+
+def _load_source(annotation_path: str, image_dir: str, skip_bad: bool, s3_endpoint: str | None
+                 ) -> tuple[CocoKeypointSet, Location]:
+    source = resolve(annotation_path, s3_endpoint)
+    if not source.exists():
+        raise DataValidationError("annotation file not found", [annotation_path])
+    coco = parse_coco_keypoints(source.read_bytes(), annotation_path, skip_bad=skip_bad)
+    images = resolve(image_dir, s3_endpoint)
+    if not images.exists():
+        raise DataValidationError("image folder not found", [image_dir])
+    return coco, images
+
+
+def shard_coco(annotation_path: str, image_dir: str, out_uri: str, split: str | None = None,
+               rows_per_file: int = 1000, skip_bad: bool = False, s3_endpoint: str | None = None,
+               show_progress: bool = True) -> dict:
     """Shard a COCO keypoint set into ``out_uri/<split>/``; returns the manifest."""
     split = split or infer_split(annotation_path)
     if not split:
         raise DataValidationError("cannot tell the split", [f"pass --split for {annotation_path}"])
     if rows_per_file < 1:
         raise DataValidationError("bad option", [f"--rows-per-file must be >= 1 (got {rows_per_file})"])
-    source = resolve(annotation_path, s3_endpoint)
-    if not source.exists():
-        raise DataValidationError("annotation file not found", [annotation_path])
-    coco: CocoKeypointSet = parse_coco_keypoints(source.read_bytes(), annotation_path, skip_bad=skip_bad)
-    images = resolve(image_dir, s3_endpoint)
-    if not images.exists():
-        raise DataValidationError("image folder not found", [image_dir])
-
+    coco, images = _load_source(annotation_path, image_dir, skip_bad, s3_endpoint)
     root = resolve(out_uri, s3_endpoint)
-    final = root.join(split)
     tmp = root.join(f"_tmp-{split}-{uuid.uuid4().hex[:10]}")
-    writer = _PartWriter(tmp, split, rows_per_file)
-    problems = list(coco.problems)
-    bad_images: set[int] = set()
+    writer = _PartWriter(tmp, rows_per_file)
     try:
-        for im in tqdm(coco.images, desc=f"shard {split}", unit="img", disable=not show_progress):
-            path = images.join(im.file_name)
-            try:
-                data = path.read_bytes()
-            except FileNotFoundError:
-                problems.append(f"image id={im.image_id}: file '{im.file_name}' not found in {image_dir}")
-                bad_images.add(im.image_id)
-                continue
-            problem = image_problem(data, im.width, im.height)
-            if problem:
-                problems.append(f"image id={im.image_id}: file '{im.file_name}': {problem}")
-                bad_images.add(im.image_id)
-                continue
-            if bad_images and not skip_bad:
-                continue  # keep scanning to report every bad item; nothing will be published
-            writer.add({"image_id": im.image_id, "file_name": im.file_name, "width": im.width,
-                        "height": im.height, "image": data, "persons": _person_rows(im.persons),
-                        "split": split})
+        problems, bad_images = _write_parts(coco, images, image_dir, split, writer, skip_bad, show_progress)
         if problems and not skip_bad:
             raise DataValidationError(f"cannot shard {annotation_path}", problems)
-        writer.flush()
         coco.drop_images(bad_images)
         ann_bytes = json.dumps(coco.raw).encode()
         tmp.join(ANNOTATIONS).write_bytes(ann_bytes)
         if problems:
             tmp.join(REPORT).write_bytes(json.dumps({"skipped": problems}, indent=1).encode())
-        manifest = {
-            "schema_version": SCHEMA_VERSION,
-            "split": split,
-            "created_unix": time.time(),
-            "num_images": len(coco.images),
-            "num_persons": coco.num_persons,
-            "num_keypointed_persons": sum(
-                1 for im in coco.images for p in im.persons if p.num_keypoints > 0 and not p.iscrowd),
-            "num_crowd": sum(1 for im in coco.images for p in im.persons if p.iscrowd),
-            "total_bytes": writer.total_bytes,
-            "files": writer.files,
-            "columns": SHARD_SCHEMA.names,
-            "annotation_file": ANNOTATIONS,
-            "annotation_sha256": hashlib.sha256(ann_bytes).hexdigest(),
-            "source_annotation_file": annotation_path,
-            "source_annotation_sha256": coco.source_sha256,
-            "skipped_non_person": coco.skipped_non_person,
-            "skipped_bad": len(problems),
-            "categories": coco.raw.get("categories", []),
-        }
-        _publish(tmp, final, manifest)
+        manifest = _manifest(coco, split, writer, ann_bytes, annotation_path, problems)
+        _publish(tmp, root.join(split), manifest)
     except BaseException:
         tmp.remove()
         raise

@@ -5,10 +5,13 @@ from __future__ import annotations
 from typing import Optional
 
 import numpy as np
+import torch
 
-from cdkd_ray.core.shards import shard_files
 from cdkd_ray.core.data_config import DataConfig
+from cdkd_ray.core.experiment import ExperimentConfig
 from cdkd_ray.core.instances import build_instances, load_detections, rows_from_arrow
+from cdkd_ray.core.shards import shard_files
+from cdkd_ray.core.teacher import Teacher
 
 
 def execution_index() -> int:
@@ -51,4 +54,39 @@ def build_dataset(uri: str, split: str, cfg: DataConfig, train: bool | None = No
         batch_size=cfg.images_per_block,
         batch_format="pyarrow",
         num_cpus=cfg.num_cpus_per_task,
+    )
+
+
+class TeacherStage:
+    """Ray Data actor-pool stage: adds `teacher_heatmaps` and `teacher_features` to each batch."""
+
+    def __init__(self, checkpoint: str, tap: str = "layer4", num_threads: int | None = None,
+                 channel_order: str | None = None):
+        if num_threads:
+            torch.set_num_threads(num_threads)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.teacher = Teacher(checkpoint, tap, device, channel_order)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if len(batch["image"]) == 0:
+            batch["teacher_heatmaps"] = np.zeros((0, *batch["target"].shape[1:]), np.float16)
+            batch["teacher_features"] = np.zeros((0, 1, 1, 1), np.float16)
+            return batch
+        heatmaps, feature = self.teacher.infer(torch.from_numpy(np.ascontiguousarray(batch["image"])))
+        batch["teacher_heatmaps"] = heatmaps.cpu().numpy()
+        batch["teacher_features"] = feature.cpu().numpy()
+        return batch
+
+
+def with_teacher_pool(train_ds, cfg: ExperimentConfig, teacher_checkpoint: str):
+    """Attach the frozen teacher as a Ray Data actor-pool stage (fp16 heatmaps and features)."""
+    import ray.data
+
+    t = cfg.teacher
+    return train_ds.map_batches(
+        TeacherStage,
+        fn_constructor_kwargs={"checkpoint": teacher_checkpoint, "tap": cfg.distill.teacher_tap,
+                               "num_threads": max(1, int(t.num_cpus)), "channel_order": t.channel_order},
+        compute=ray.data.ActorPoolStrategy(min_size=t.pool_min, max_size=t.pool_max),
+        batch_size=t.batch_size, batch_format="numpy", num_cpus=t.num_cpus, num_gpus=t.num_gpus or None,
     )

@@ -9,6 +9,12 @@ import os
 # Ray Data reads Parquet footers with 32 actors per dataset by default: one is plenty for our shards,
 # and 32 per dataset exhausts memory on small nodes.
 DATA_ENV = {"RAY_DATA_PARQUET_FOOTER_NUM_ACTORS": "1"}
+_STREAM_WORKER_LOGS = {"enabled": True}
+
+
+def stream_worker_logs(enabled: bool) -> None:
+    """Whether a driver that joins a cluster prints its workers' logs (off for --json output)."""
+    _STREAM_WORKER_LOGS["enabled"] = enabled
 
 
 def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
@@ -23,7 +29,8 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     runtime_env = None if "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ else {"env_vars": DATA_ENV}
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, logging_level=logging.WARNING, runtime_env=runtime_env)
+        ray.init(address=address, logging_level=logging.WARNING, runtime_env=runtime_env,
+                 log_to_driver=_STREAM_WORKER_LOGS["enabled"])
         pin_data_helpers_here()
         return
     # Always a new embedded Ray ("local"): never join another command's Ray found in /tmp/ray.

@@ -2,104 +2,93 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
-from typing import Literal
 
+from cdkd_ray.core.checkpoint import STATE_FILE
 from cdkd_ray.core.config import to_dict
-from cdkd_ray.core.storage import absolute_uri, pyarrow_filesystem, resolve
 from cdkd_ray.core.errors import CdkdError
-from cdkd_ray.core.experiment import ExperimentConfig
+from cdkd_ray.core.experiment import ExperimentConfig, RunKind, experiment_for
+from cdkd_ray.core.run_outputs import write_run_outputs
+from cdkd_ray.core.selection import SCORE_KEY
+from cdkd_ray.core.storage import Location, absolute_uri, pyarrow_filesystem, resolve
 
-Mode = Literal["teacher", "distill"]
+
+def _teacher_shape(kind: RunKind, teacher_checkpoint: str | None) -> tuple[str | None, int]:
+    """(arch, deconv channels) of the teacher a CDKD run distils from; fails fast, on the driver."""
+    if not kind.distills:
+        return None, 256
+    if not teacher_checkpoint:
+        raise CdkdError("distillation needs a teacher: pass --teacher CKPT or teacher.checkpoint=... "
+                        "(or distill.enabled=false for the plain baseline)")
+    from cdkd_ray.core.models.loading import load_pose_model
+
+    loaded = load_pose_model(teacher_checkpoint)
+    return loaded.model_cfg.arch, loaded.model_cfg.deconv_channels
 
 
-def teacher_stage_dataset(train_ds, cfg: ExperimentConfig, teacher_checkpoint: str):
-    """Attach the frozen teacher as a Ray Data actor-pool stage (fp16 heatmaps and features)."""
+def _datasets(cfg: ExperimentConfig, kind: RunKind, data_uri: str, teacher_checkpoint: str | None,
+              s3_endpoint: str | None) -> dict:
     import ray.data
 
-    from cdkd_ray.core.teacher import TeacherStage
+    from cdkd_ray.ray_adapters.pipeline import build_dataset, with_teacher_pool
 
-    t = cfg.teacher
-    return train_ds.map_batches(
-        TeacherStage,
-        fn_constructor_kwargs={"checkpoint": teacher_checkpoint, "tap": cfg.distill.teacher_tap,
-                               "num_threads": max(1, int(t.num_cpus)), "channel_order": t.channel_order},
-        compute=ray.data.ActorPoolStrategy(min_size=t.pool_min, max_size=t.pool_max),
-        batch_size=t.batch_size, batch_format="numpy", num_cpus=t.num_cpus, num_gpus=t.num_gpus or None,
-    )
-
-
-def experiment_for_mode(cfg: ExperimentConfig, mode: Mode) -> ExperimentConfig:
-    """train-teacher trains teacher.arch with the supervised loss only."""
-    if mode == "teacher":
-        return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, arch=cfg.teacher.arch),
-                                   distill=dataclasses.replace(cfg.distill, enabled=False))
-    return cfg
-
-
-def run_training(cfg: ExperimentConfig, mode: Mode, data_uri: str, storage_uri: str, name: str,
-                 teacher_checkpoint: str | None = None, s3_endpoint: str | None = None,
-                 ray_address: str | None = None, pid_dir: str | None = None, callbacks=None,
-                 write_outputs: bool = True) -> dict:
-    """Train (or resume) one run; returns its summary (best checkpoint and AP, output paths)."""
-    import ray.data
-    import ray.train
-    from ray.train.torch import TorchTrainer
-
-    from cdkd_ray.ray_adapters.pipeline import build_dataset
-    from cdkd_ray.ray_adapters.runtime import ensure_ray
-
-    cfg = experiment_for_mode(cfg, mode)
-    data_uri = absolute_uri(data_uri)
-    distilling = mode == "distill" and cfg.distill.enabled
-    teacher_checkpoint = teacher_checkpoint or cfg.teacher.checkpoint
-    teacher_checkpoint = absolute_uri(teacher_checkpoint) if teacher_checkpoint else None
-    teacher_arch, teacher_deconv = None, 256
-    if distilling:
-        if not teacher_checkpoint:
-            raise CdkdError("distillation needs a teacher: pass --teacher CKPT or teacher.checkpoint=... "
-                            "(or distill.enabled=false for the plain baseline)")
-        from cdkd_ray.core.models.loading import load_pose_model
-
-        loaded = load_pose_model(teacher_checkpoint)  # fail fast, on the driver, with a clear message
-        teacher_arch, teacher_deconv = loaded.model_cfg.arch, loaded.model_cfg.deconv_channels
-    ensure_ray(ray_address)
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True  # same seed -> same batches, run after run
     ctx.enable_progress_bars = False
-    train_ds = build_dataset(data_uri, "train", cfg.data, s3_endpoint=s3_endpoint, shuffle_files=True)
-    if distilling and cfg.teacher.placement == "pool":
-        train_ds = teacher_stage_dataset(train_ds, cfg, teacher_checkpoint)
-    val_ds = build_dataset(data_uri, "val", cfg.data, s3_endpoint=s3_endpoint)
+    train = build_dataset(data_uri, "train", cfg.data, s3_endpoint=s3_endpoint, shuffle_files=True)
+    if kind.distills and cfg.teacher.placement == "pool":
+        train = with_teacher_pool(train, cfg, teacher_checkpoint)
+    return {"train": train, "val": build_dataset(data_uri, "val", cfg.data, s3_endpoint=s3_endpoint)}
 
-    storage = resolve(storage_uri, s3_endpoint)
-    storage.makedirs()
-    run_config = ray.train.RunConfig(
+
+def _run_config(cfg: ExperimentConfig, name: str, storage: Location, callbacks):
+    import ray.train
+
+    return ray.train.RunConfig(
         name=name,
         storage_path=storage.uri if not storage.is_remote else storage.path,
         storage_filesystem=pyarrow_filesystem(storage) if storage.is_remote else None,
         checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints,
-                                                     checkpoint_score_attribute="AP", checkpoint_score_order="max"),
+                                                     checkpoint_score_attribute=SCORE_KEY,
+                                                     checkpoint_score_order="max"),
         failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
         callbacks=callbacks,
     )
+
+
+def run_training(cfg: ExperimentConfig, kind: RunKind, data_uri: str, storage_uri: str, name: str,
+                 teacher_checkpoint: str | None = None, s3_endpoint: str | None = None,
+                 ray_address: str | None = None, pid_dir: str | None = None, callbacks=None,
+                 write_outputs: bool = True) -> dict:
+    """Train (or resume) one run of `kind`; returns its summary (best checkpoint and AP, output paths)."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from cdkd_ray.ray_adapters.runtime import ensure_ray
+
+    cfg, data_uri = experiment_for(kind, cfg), absolute_uri(data_uri)
+    teacher_checkpoint = teacher_checkpoint or cfg.teacher.checkpoint
+    teacher_checkpoint = absolute_uri(teacher_checkpoint) if teacher_checkpoint and kind.distills else None
+    teacher_arch, teacher_deconv = _teacher_shape(kind, teacher_checkpoint)
+    ensure_ray(ray_address)
+    storage = resolve(storage_uri, s3_endpoint)
+    storage.makedirs()
     trainer = TorchTrainer(
         _train_fn,
-        train_loop_config={"experiment": to_dict(cfg), "mode": mode, "data_uri": data_uri,
+        train_loop_config={"experiment": to_dict(cfg), "kind": kind.value, "data_uri": data_uri,
                            "s3_endpoint": s3_endpoint, "teacher_checkpoint": teacher_checkpoint,
                            "teacher_arch": teacher_arch, "teacher_deconv": teacher_deconv, "pid_dir": pid_dir},
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
             resources_per_worker={"CPU": cfg.train.cpus_per_worker, **({"GPU": 1} if cfg.train.use_gpu else {})}),
-        run_config=run_config,
-        datasets={"train": train_ds, "val": val_ds},
+        run_config=_run_config(cfg, name, storage, callbacks),
+        datasets=_datasets(cfg, kind, data_uri, teacher_checkpoint, s3_endpoint),
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
     )
     result = trainer.fit()
     if result.error:
         raise CdkdError(f"training run '{name}' failed: {result.error}")
-    return summarize_run(result, storage.join(name), cfg, mode, name, write_outputs)
+    return summarize_run(result, storage.join(name), cfg, kind, name, write_outputs)
 
 
 def _train_fn(config: dict) -> None:
@@ -108,27 +97,24 @@ def _train_fn(config: dict) -> None:
     train_loop_per_worker(config)
 
 
-def summarize_run(result, run_dir, cfg: ExperimentConfig, mode: Mode, name: str, write_outputs: bool = True) -> dict:
+def summarize_run(result, run_dir: Location, cfg: ExperimentConfig, kind: RunKind, name: str,
+                  write_outputs: bool = True) -> dict:
     """Write metrics.jsonl, TensorBoard events, curves.png and summary.json; return the summary."""
-    from cdkd_ray.core.checkpoint import STATE_FILE
-    from cdkd_ray.core.run_outputs import write_run_outputs
-
-    best = result.get_best_checkpoint(metric="AP", mode="max") if result.best_checkpoints else result.checkpoint
     latest = result.checkpoint
     if latest is None:
         raise CdkdError(f"run '{name}' produced no checkpoint")
-    fs = latest.filesystem
-    with fs.open_input_file(f"{latest.path}/{STATE_FILE}") as f:
-        state = json.loads(f.read())
-    history = state["history"]
+    best = result.get_best_checkpoint(metric=SCORE_KEY, mode="max") if result.best_checkpoints else None
     best_path = best.path if best else latest.path
-    with fs.open_input_file(f"{best_path}/{STATE_FILE}") as f:
-        best_state = json.loads(f.read())
-    outputs = write_run_outputs(history, run_dir, f"{name} ({mode}, {cfg.model.arch})") if write_outputs else {}
+
+    def state_of(path: str) -> dict:
+        with latest.filesystem.open_input_file(f"{path}/{STATE_FILE}") as f:
+            return json.loads(f.read())
+
+    history, best_state = state_of(latest.path)["history"], state_of(best_path)
+    outputs = write_run_outputs(history, run_dir, f"{name} ({kind.value}, {cfg.model.arch})") if write_outputs else {}
     as_uri = lambda path: f"s3://{path}" if run_dir.is_remote and not path.startswith("s3://") else path  # noqa: E731
     summary = {
-        "name": name, "mode": "teacher" if mode == "teacher" else ("cdkd" if cfg.distill.enabled else "baseline"),
-        "arch": cfg.model.arch, "epochs": len(history),
+        "name": name, "kind": kind.value, "arch": cfg.model.arch, "epochs": len(history),
         "best_ap": best_state["metrics"].get("AP", 0.0), "best_epoch": best_state["epoch"],
         "best_checkpoint": as_uri(best_path), "latest_checkpoint": as_uri(latest.path),
         "final_ap": history[-1].get("AP", 0.0), "run_dir": run_dir.uri, **gt_loss_progress(history), **outputs,
@@ -145,10 +131,5 @@ def gt_loss_progress(history: list[dict]) -> dict:
 
 
 def summary_line(summary: dict) -> str:
-    return (f"{summary['name']} [{summary['mode']}, {summary['arch']}]: best AP {summary['best_ap']:.4f} "
+    return (f"{summary['name']} [{summary['kind']}, {summary['arch']}]: best AP {summary['best_ap']:.4f} "
             f"at epoch {summary['best_epoch'] + 1}/{summary['epochs']} -> {summary['best_checkpoint']}")
-
-
-def default_run_name(mode: str, cfg: ExperimentConfig) -> str:
-    return {"teacher": "teacher"}.get(mode, "cdkd" if cfg.distill.enabled else "baseline")
-

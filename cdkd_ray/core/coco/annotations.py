@@ -8,8 +8,6 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from cdkd_ray.core.keypoints import NUM_KEYPOINTS, PERSON_CATEGORY_ID, person_category
 from cdkd_ray.core.errors import DataValidationError
 
@@ -92,6 +90,9 @@ def _check_annotation(ann: dict, name: str) -> str | None:
     missing = [k for k in REQUIRED_ANN_FIELDS if k not in ann]
     if missing:
         return f"{name}: missing field(s) {', '.join(missing)}"
+    for key in ("id", "image_id", "category_id"):
+        if not _is_int(ann[key]):
+            return f"{name}: {key} is not an integer ({str(ann[key])[:40]})"
     if not _finite_numbers(ann["bbox"], 4):
         return f"{name}: bbox is not 4 finite numbers ({str(ann['bbox'])[:60]})"
     if ann["bbox"][2] < 0 or ann["bbox"][3] < 0:
@@ -99,11 +100,14 @@ def _check_annotation(ann: dict, name: str) -> str | None:
     if not _finite_numbers(ann["keypoints"], NUM_KEYPOINTS * 3):
         n = len(ann["keypoints"]) if isinstance(ann["keypoints"], list) else "non-list"
         return f"{name}: keypoints must be {NUM_KEYPOINTS}*3={NUM_KEYPOINTS * 3} finite numbers (got {n})"
-    vis = ann["keypoints"][2::3]
-    if any(v not in (0, 1, 2) for v in vis):
+    if any(v not in (0, 1, 2) for v in ann["keypoints"][2::3]):
         return f"{name}: keypoint visibility flags must be 0, 1 or 2"
     if ann["iscrowd"] not in (0, 1, False, True):
         return f"{name}: iscrowd must be 0 or 1"
+    for key in ("area", "num_keypoints"):
+        if key in ann and not (isinstance(ann[key], (int, float)) and not isinstance(ann[key], bool)
+                               and math.isfinite(ann[key]) and ann[key] >= 0):
+            return f"{name}: {key} is not a non-negative number ({str(ann[key])[:40]})"
     return None
 
 
@@ -111,13 +115,7 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def parse_coco_keypoints(data: bytes, source: str = "<json>", skip_bad: bool = False) -> CocoKeypointSet:
-    """Parse and validate a COCO person-keypoints JSON document.
-
-    Every problem is collected; with ``skip_bad`` the bad images/annotations are dropped and
-    listed in ``problems``, otherwise a DataValidationError names all of them.
-    """
-    digest = sha256_bytes(data)
+def _load_json(data: bytes, source: str) -> dict:
     try:
         raw = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -126,15 +124,16 @@ def parse_coco_keypoints(data: bytes, source: str = "<json>", skip_bad: bool = F
         raise DataValidationError(f"{source} is not a COCO annotation file", ["top level is not an object"])
     top_missing = [k for k in ("images", "annotations") if not isinstance(raw.get(k), list)]
     if top_missing:
-        raise DataValidationError(
-            f"{source} is not a COCO annotation file",
-            [f"missing or non-list top-level key '{k}'" for k in top_missing],
-        )
+        raise DataValidationError(f"{source} is not a COCO annotation file",
+                                  [f"missing or non-list top-level key '{k}'" for k in top_missing])
+    return raw
 
-    problems: list[str] = []
+
+def _collect_images(raw: dict, problems: list[str]) -> tuple[dict[int, CocoImage], list[dict], set[int]]:
+    """Valid images by id, their raw entries, and the ids of invalid or duplicated images."""
     images: dict[int, CocoImage] = {}
-    bad_image_ids: set[int] = set()
-    kept_image_entries = []
+    bad_ids: set[int] = set()
+    entries = []
     for index, entry in enumerate(raw["images"]):
         problem = _check_image(entry, index)
         if problem is None and entry["id"] in images:
@@ -142,74 +141,80 @@ def parse_coco_keypoints(data: bytes, source: str = "<json>", skip_bad: bool = F
         if problem:
             problems.append(problem)
             if isinstance(entry, dict) and _is_int(entry.get("id")):
-                bad_image_ids.add(entry["id"])
+                bad_ids.add(entry["id"])
             continue
         images[entry["id"]] = CocoImage(entry["id"], entry["file_name"], entry["width"], entry["height"])
-        kept_image_entries.append(entry)
-    for image_id in bad_image_ids:
+        entries.append(entry)
+    for image_id in bad_ids:
         images.pop(image_id, None)
-    kept_image_entries = [e for e in kept_image_entries if e["id"] not in bad_image_ids]
+    return images, [e for e in entries if e["id"] not in bad_ids], bad_ids
 
-    categories = raw.get("categories") or [person_category()]
-    person_ids = {c.get("id") for c in categories if isinstance(c, dict) and c.get("name") == "person"}
-    person_ids = person_ids or {PERSON_CATEGORY_ID}
 
-    seen_ann_ids: set[int] = set()
-    skipped_non_person = 0
-    kept_anns = []
+def _annotation_problem(ann, index: int, images: dict, bad_ids: set[int], seen: set[int]) -> str | None:
+    if not isinstance(ann, dict):
+        return f"annotations[{index}]: not an object"
+    ann_id = ann.get("id")
+    name = f"annotation id={ann_id if ann_id is not None else f'<index {index}>'} (image id={str(ann.get('image_id'))[:40]})"
+    problem = _check_annotation(ann, name)
+    if problem is None and ann_id in seen:
+        problem = f"{name}: duplicate annotation id"
+    if problem is None and ann["image_id"] not in images:
+        problem = (f"{name}: image id {ann['image_id']} is invalid" if ann["image_id"] in bad_ids
+                   else f"{name}: points at unknown image id {ann['image_id']}")
+    return problem
+
+
+def _with_derived_fields(ann: dict) -> dict:
+    """The annotation with `num_keypoints` and `area` filled in when absent (COCOeval needs both)."""
+    out = dict(ann)
+    if "num_keypoints" not in out:
+        out["num_keypoints"] = int(sum(1 for v in ann["keypoints"][2::3] if v > 0))
+    if "area" not in out:
+        out["area"] = float(ann["bbox"][2] * ann["bbox"][3])
+    return out
+
+
+def _collect_persons(raw: dict, images: dict[int, CocoImage], bad_ids: set[int], person_ids: set,
+                     problems: list[str]) -> tuple[list[dict], int]:
+    """Attach valid person annotations to their images; returns (kept raw annotations, non-person count)."""
+    seen: set[int] = set()
+    kept, non_person = [], 0
     for index, ann in enumerate(raw["annotations"]):
-        if not isinstance(ann, dict):
-            problems.append(f"annotations[{index}]: not an object")
+        category = ann.get("category_id") if isinstance(ann, dict) else None
+        if _is_int(category) and category not in person_ids:
+            non_person += 1
             continue
-        ann_id = ann.get("id")
-        name = f"annotation id={ann_id if ann_id is not None else f'<index {index}>'} (image id={ann.get('image_id')})"
-        if "category_id" in ann and ann["category_id"] not in person_ids:
-            skipped_non_person += 1
-            continue
-        problem = _check_annotation(ann, name)
-        if problem is None and not _is_int(ann_id):
-            problem = f"{name}: id is not an integer"
-        if problem is None and ann_id in seen_ann_ids:
-            problem = f"{name}: duplicate annotation id"
-        if problem is None and ann["image_id"] not in images:
-            problem = (
-                f"{name}: image id {ann['image_id']} is invalid"
-                if ann["image_id"] in bad_image_ids
-                else f"{name}: points at unknown image id {ann['image_id']}"
-            )
+        problem = _annotation_problem(ann, index, images, bad_ids, seen)
         if problem:
             problems.append(problem)
             continue
-        seen_ann_ids.add(ann_id)
-        kps = ann["keypoints"]
-        num = ann.get("num_keypoints")
-        if not _is_int(num):
-            num = int(sum(1 for v in kps[2::3] if v > 0))
-        bbox = ann["bbox"]
-        area = ann.get("area")
-        area = float(area) if isinstance(area, (int, float)) and math.isfinite(area) else float(bbox[2] * bbox[3])
-        images[ann["image_id"]].persons.append(
-            PersonAnnotation(ann_id, [float(v) for v in bbox], [float(v) for v in kps], int(num), area, int(ann["iscrowd"]))
-        )
-        kept_anns.append(ann)
+        seen.add(ann["id"])
+        ann = _with_derived_fields(ann)
+        images[ann["image_id"]].persons.append(PersonAnnotation(
+            ann["id"], [float(v) for v in ann["bbox"]], [float(v) for v in ann["keypoints"]],
+            int(ann["num_keypoints"]), float(ann["area"]), int(ann["iscrowd"])))
+        kept.append(ann)
+    return kept, non_person
 
+
+def parse_coco_keypoints(data: bytes, source: str = "<json>", skip_bad: bool = False) -> CocoKeypointSet:
+    """Parse and validate a COCO person-keypoints JSON document.
+
+    Every problem is collected; with ``skip_bad`` the bad images/annotations are dropped and
+    listed in ``problems``, otherwise a DataValidationError names all of them. Missing `area` and
+    `num_keypoints` are derived (from the box and the visibility flags) and written into the kept
+    annotations, so COCOeval finds them later.
+    """
+    raw = _load_json(data, source)
+    problems: list[str] = []
+    images, image_entries, bad_ids = _collect_images(raw, problems)
+    categories = raw.get("categories") or [person_category()]
+    person_ids = {c.get("id") for c in categories if isinstance(c, dict) and c.get("name") == "person"}
+    person_ids = {i for i in person_ids if _is_int(i)} or {PERSON_CATEGORY_ID}
+    annotations, non_person = _collect_persons(raw, images, bad_ids, person_ids, problems)
     if problems and not skip_bad:
         raise DataValidationError(f"{source} has invalid entries", problems)
-    filtered = dict(raw)
-    filtered["images"] = kept_image_entries
-    filtered["annotations"] = kept_anns
-    filtered["categories"] = [c for c in categories if isinstance(c, dict) and c.get("id") in person_ids]
-    return CocoKeypointSet(
-        images=list(images.values()),
-        raw=filtered,
-        source_sha256=digest,
-        skipped_non_person=skipped_non_person,
-        problems=problems,
-    )
-
-
-def keypoints_array(persons: list[PersonAnnotation]) -> np.ndarray:
-    """[P, 17, 3] float32 array of the persons' keypoints."""
-    if not persons:
-        return np.zeros((0, NUM_KEYPOINTS, 3), np.float32)
-    return np.asarray([p.keypoints for p in persons], np.float32).reshape(-1, NUM_KEYPOINTS, 3)
+    filtered = {**raw, "images": image_entries, "annotations": annotations,
+                "categories": [c for c in categories if isinstance(c, dict) and c.get("id") in person_ids]}
+    return CocoKeypointSet(images=list(images.values()), raw=filtered, source_sha256=sha256_bytes(data),
+                           skipped_non_person=non_person, problems=problems)

@@ -1,4 +1,4 @@
-"""Decoding and checking encoded images (JPEG/PNG bytes)."""
+"""Decoding and checking encoded images (JPEG/PNG bytes): one decode, one notion of "complete"."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import numpy as np
 
 JPEG_MAGIC = b"\xff\xd8"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+JPEG_SOS, JPEG_EOI = b"\xff\xda", b"\xff\xd9"
 
 
 def image_format(data: bytes) -> str | None:
@@ -17,26 +18,42 @@ def image_format(data: bytes) -> str | None:
     return None
 
 
-def image_problem(data: bytes, width: int | None = None, height: int | None = None) -> str | None:
-    """Why these bytes are not a complete, decodable image of the given size (None if fine)."""
+def jpeg_is_complete(data: bytes) -> bool:
+    """An end-of-image marker follows the last start-of-scan (fill bytes or trailing data after it are fine).
+
+    Entropy-coded data stuffs every 0xFF with 0x00, so FF D9 after the last scan can only be the marker;
+    an EXIF thumbnail's own EOI sits before the main image's scans.
+    """
+    last_scan = data.rfind(JPEG_SOS)
+    return last_scan >= 0 and data.find(JPEG_EOI, last_scan) >= 0
+
+
+def decode_checked(data: bytes) -> tuple[np.ndarray | None, str | None]:
+    """(BGR uint8 image, None) or (None, why not): empty, not JPEG/PNG, truncated JPEG, undecodable."""
     if not data:
-        return "empty file"
+        return None, "empty file"
     fmt = image_format(data)
     if fmt is None:
-        return "not a JPEG or PNG image"
-    if fmt == "jpeg" and data.rstrip(b"\x00")[-2:] != b"\xff\xd9":
-        return "truncated JPEG (no end-of-image marker)"
+        return None, "not a JPEG or PNG image"
+    if fmt == "jpeg" and not jpeg_is_complete(data):
+        return None, "truncated JPEG (no end-of-image marker after the last scan)"
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if image is None:
-        return f"cannot be decoded as {fmt.upper()}"
+        return None, f"cannot be decoded as {fmt.upper()}"
+    return image, None
+
+
+def decode_bgr(data: bytes) -> np.ndarray | None:
+    """Decode image bytes to a BGR uint8 array (None when incomplete or undecodable)."""
+    return decode_checked(data)[0]
+
+
+def image_problem(data: bytes, width: int | None = None, height: int | None = None) -> str | None:
+    """Why these bytes are not a complete, decodable image of the given size (None if fine)."""
+    image, problem = decode_checked(data)
+    if problem:
+        return problem
     h, w = image.shape[:2]
     if width is not None and height is not None and (w, h) != (width, height):
         return f"size {w}x{h} differs from the annotation's {width}x{height}"
     return None
-
-
-def decode_bgr(data: bytes) -> np.ndarray | None:
-    """Decode image bytes to a BGR uint8 array (None when undecodable)."""
-    if not data:
-        return None
-    return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)

@@ -51,8 +51,25 @@ def _rot(v: np.ndarray, angle: float) -> np.ndarray:
     return np.array([c * v[0] - s * v[1], s * v[0] + c * v[1]])
 
 
-def pose_figure(rng: np.random.Generator, hip_center: np.ndarray, height: float) -> Figure:
-    """Sample an anatomically plausible 2D pose for a figure of the given height."""
+@dataclass(frozen=True)
+class _Frame:
+    """A figure's image-plane frame: up/right/down unit vectors and its yaw (as cos, sin)."""
+
+    up: np.ndarray
+    right: np.ndarray
+    cos_y: float
+    sin_y: float
+
+    @property
+    def down(self) -> np.ndarray:
+        return -self.up
+
+    def lateral(self, L: float, F: float = 0.0) -> tuple[np.ndarray, float]:
+        """Image offset and depth (toward camera) of a body-frame point (L: person's left, F: forward)."""
+        return (L * self.cos_y + F * self.sin_y) * self.right, F * self.cos_y - L * self.sin_y
+
+
+def _sample_frame(rng: np.random.Generator) -> _Frame:
     yaw = rng.uniform(-math.pi, math.pi) if rng.random() < 0.25 else rng.normal(0, 0.45)
     cos_y, sin_y = math.cos(yaw), math.sin(yaw)
     if abs(cos_y) < 0.3:  # avoid degenerate exact profiles: keep some lateral extent
@@ -60,66 +77,61 @@ def pose_figure(rng: np.random.Generator, hip_center: np.ndarray, height: float)
     lean = rng.normal(0, 0.12) + (rng.uniform(-0.7, 0.7) if rng.random() < 0.1 else 0.0)
     up = np.array([math.sin(lean), -math.cos(lean)])
     right = np.array([math.cos(lean), math.sin(lean)])  # image-right when upright
-    down = -up
-    H = height
+    return _Frame(up, right, cos_y, sin_y)
 
-    def lateral(L: float, F: float = 0.0) -> tuple[np.ndarray, float]:
-        """Image offset and depth (toward camera) of a body-frame point (L: person's left, F: forward)."""
-        return (L * cos_y + F * sin_y) * right, F * cos_y - L * sin_y
 
-    pts = np.zeros((NUM_KEYPOINTS, 2))
-    depth = np.zeros(NUM_KEYPOINTS)
-    torso = 0.30 * H * rng.uniform(0.92, 1.08)
-    sho_c = hip_center + torso * up
-    sw, hw = 0.115 * H * rng.uniform(0.85, 1.15), 0.08 * H * rng.uniform(0.85, 1.15)
-    for idx, L, base in ((L_SHO, sw, sho_c), (R_SHO, -sw, sho_c), (L_HIP, hw, hip_center), (R_HIP, -hw, hip_center)):
-        off, d = lateral(L)
-        pts[idx], depth[idx] = base + off, d
-
+def _place_face(rng, frame: _Frame, pts: np.ndarray, depth: np.ndarray, sho_c: np.ndarray, H: float):
+    """Nose, eyes and ears around a tilted head; returns (head centre, head radius, face visibility)."""
     r = 0.07 * H
     head_tilt = rng.normal(0, 0.15)
-    head_up = _rot(up, head_tilt)
-    head_right = _rot(right, head_tilt)
+    head_up, head_right = _rot(frame.up, head_tilt), _rot(frame.right, head_tilt)
     head_c = sho_c + 0.14 * H * head_up
     face = {NOSE: (0.0, 1.0, -0.15), L_EYE: (0.38, 0.85, 0.22), R_EYE: (-0.38, 0.85, 0.22),
             L_EAR: (1.0, 0.0, 0.05), R_EAR: (-1.0, 0.0, 0.05)}
     face_visible = np.ones(NUM_KEYPOINTS, bool)
     for idx, (L, F, U) in face.items():
-        x_off = (L * cos_y + F * sin_y) * r
-        d = (F * cos_y - L * sin_y) * r
+        x_off = (L * frame.cos_y + F * frame.sin_y) * r
+        d = (F * frame.cos_y - L * frame.sin_y) * r
         pts[idx] = head_c + x_off * head_right + U * r * head_up
         depth[idx] = d
-        threshold = -0.35 * r if idx in (L_EAR, R_EAR) else 0.05 * r
-        face_visible[idx] = d > threshold
+        face_visible[idx] = d > (-0.35 * r if idx in (L_EAR, R_EAR) else 0.05 * r)
+    return head_c, r, face_visible
 
+
+def _place_limbs(rng, frame: _Frame, pts: np.ndarray, depth: np.ndarray, H: float, r: float) -> None:
+    """Elbows, wrists, knees and ankles from sampled joint angles (arms swing out, knees bend)."""
     side_sign = {"L": 1.0, "R": -1.0}
-    limb_lengths = {"arm": (0.17 * H, 0.15 * H), "leg": (0.235 * H, 0.23 * H)}
-    for side, (sho, elb, wri, hip, kne, ank) in {
-        "L": (L_SHO, L_ELB, L_WRI, L_HIP, L_KNE, L_ANK),
-        "R": (R_SHO, R_ELB, R_WRI, R_HIP, R_KNE, R_ANK),
-    }.items():
-        outward = side_sign[side] * (1 if cos_y >= 0 else -1) * right
+    facing = 1 if frame.cos_y >= 0 else -1
+    for side, (sho, elb, wri, hip, kne, ank) in {"L": (L_SHO, L_ELB, L_WRI, L_HIP, L_KNE, L_ANK),
+                                                 "R": (R_SHO, R_ELB, R_WRI, R_HIP, R_KNE, R_ANK)}.items():
+        outward = side_sign[side] * facing * frame.right
         # arm: upper-arm angle from hanging down (+ = outward), forearm bend
         a1 = rng.uniform(-0.5, 2.7) if rng.random() < 0.6 else rng.normal(0.25, 0.2)
         a2 = a1 + rng.choice([-1, 1]) * rng.uniform(0.0, 2.3) * (rng.random() < 0.8)
-        l1, l2 = limb_lengths["arm"]
-        u1 = math.cos(a1) * down + math.sin(a1) * outward
-        u2 = math.cos(a2) * down + math.sin(a2) * outward
-        pts[elb] = pts[sho] + l1 * u1
-        pts[wri] = pts[elb] + l2 * u2
-        arm_depth = depth[sho] + rng.uniform(-0.3, 0.3) * r
-        depth[elb] = depth[wri] = arm_depth
+        pts[elb] = pts[sho] + 0.17 * H * (math.cos(a1) * frame.down + math.sin(a1) * outward)
+        pts[wri] = pts[elb] + 0.15 * H * (math.cos(a2) * frame.down + math.sin(a2) * outward)
+        depth[elb] = depth[wri] = depth[sho] + rng.uniform(-0.3, 0.3) * r
         # leg: thigh angle, knee bend in the walking/sitting direction
         t1 = rng.normal(0.12, 0.18) if rng.random() < 0.8 else rng.uniform(-0.3, 1.4)
         bend = rng.uniform(0, 1.6) if rng.random() < 0.5 else rng.uniform(0, 0.3)
-        t2 = t1 - bend * (1 if sin_y >= 0 else -1) * side_sign[side] * (1 if cos_y >= 0 else -1)
-        l1, l2 = limb_lengths["leg"]
-        v1 = math.cos(t1) * down + math.sin(t1) * outward
-        v2 = math.cos(t2) * down + math.sin(t2) * outward
-        pts[kne] = pts[hip] + l1 * v1
-        pts[ank] = pts[kne] + l2 * v2
+        t2 = t1 - bend * (1 if frame.sin_y >= 0 else -1) * side_sign[side] * facing
+        pts[kne] = pts[hip] + 0.235 * H * (math.cos(t1) * frame.down + math.sin(t1) * outward)
+        pts[ank] = pts[kne] + 0.23 * H * (math.cos(t2) * frame.down + math.sin(t2) * outward)
         depth[kne] = depth[ank] = depth[hip]
-    return Figure(pts, depth, face_visible, H, head_c, r, cos_y > 0)
+
+
+def pose_figure(rng: np.random.Generator, hip_center: np.ndarray, height: float) -> Figure:
+    """Sample an anatomically plausible 2D pose for a figure of the given height."""
+    frame = _sample_frame(rng)
+    pts, depth = np.zeros((NUM_KEYPOINTS, 2)), np.zeros(NUM_KEYPOINTS)
+    sho_c = hip_center + 0.30 * height * rng.uniform(0.92, 1.08) * frame.up
+    sw, hw = 0.115 * height * rng.uniform(0.85, 1.15), 0.08 * height * rng.uniform(0.85, 1.15)
+    for idx, L, base in ((L_SHO, sw, sho_c), (R_SHO, -sw, sho_c), (L_HIP, hw, hip_center), (R_HIP, -hw, hip_center)):
+        off, d = frame.lateral(L)
+        pts[idx], depth[idx] = base + off, d
+    head_c, r, face_visible = _place_face(rng, frame, pts, depth, sho_c, height)
+    _place_limbs(rng, frame, pts, depth, height, r)
+    return Figure(pts, depth, face_visible, height, head_c, r, frame.cos_y > 0)
 
 
 def _person_colors(rng: np.random.Generator) -> dict[str, tuple[int, int, int]]:
@@ -248,42 +260,44 @@ def _rle(mask: np.ndarray) -> dict:
     return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
 
-def render_image(seed: int, split: str, index: int) -> tuple[bytes, dict, list[dict]]:
-    """Render one synthetic image: (JPEG bytes, COCO image entry, COCO annotations)."""
-    rng = np.random.default_rng([seed, SPLIT_CODES[split], index])
-    h, w = int(rng.integers(224, 353)), int(rng.integers(256, 401))
-    image_id = SPLIT_ID_BASE[split] + index + 1
-    img = _background(rng, h, w)
-    anns: list[dict] = []
-    next_ann = image_id * 100
+def _blank_annotation(ann_id: int, image_id: int, box: list[float], area: float, iscrowd: int, seg) -> dict:
+    return {"id": ann_id, "image_id": image_id, "category_id": 1, "bbox": box, "area": area, "iscrowd": iscrowd,
+            "num_keypoints": 0, "keypoints": [0] * (NUM_KEYPOINTS * 3), "segmentation": seg}
 
-    def blank_annotation(box: list[float], area: float, iscrowd: int, seg) -> dict:
-        return {"id": next_ann + len(anns), "image_id": image_id, "category_id": 1, "bbox": box,
-                "area": area, "iscrowd": iscrowd, "num_keypoints": 0,
-                "keypoints": [0] * (NUM_KEYPOINTS * 3), "segmentation": seg}
 
+def _draw_with_mask(img: np.ndarray, fig: Figure, colors: dict, mask: np.ndarray) -> None:
+    draw_figure(img, fig, colors)
+    draw_figure(mask, fig, {k: 1 for k in colors}, aa=False)
+
+
+def _unlabelled_people(rng: np.random.Generator, img: np.ndarray) -> list[tuple[list[float], float, int, object]]:
+    """A crowd region (iscrowd=1) and a small unlabelled person, each sometimes: (box, area, iscrowd, seg)."""
+    h, w = img.shape[:2]
+    found = []
     if rng.random() < 0.15:  # a crowd region of many small figures, annotated once with iscrowd=1
         crowd = np.zeros((h, w), np.uint8)
         cx, cy = rng.uniform(0.2, 0.8) * w, rng.uniform(0.3, 0.7) * h
         for _ in range(rng.integers(5, 11)):
             fh = rng.uniform(18, 36)
             fig = pose_figure(rng, np.array([cx + rng.normal(0, 0.12 * w), cy + rng.normal(0, 0.06 * h)]), fh)
-            colors = _person_colors(rng)
-            draw_figure(img, fig, colors)
-            draw_figure(crowd, fig, {k: 1 for k in colors}, aa=False)
-        found = _mask_box_area(crowd)
-        if found:
-            anns.append(blank_annotation(found[0], found[1], 1, _rle(crowd)))
+            _draw_with_mask(img, fig, _person_colors(rng), crowd)
+        box_area = _mask_box_area(crowd)
+        if box_area:
+            found.append((*box_area, 1, _rle(crowd)))
     if rng.random() < 0.2:  # a small person without keypoint labels, as COCO has many
         fig = pose_figure(rng, np.array([rng.uniform(0, w), rng.uniform(0.3, 0.8) * h]), rng.uniform(20, 40))
         colors = _person_colors(rng)
         mask = np.zeros((h, w), np.uint8)
-        draw_figure(img, fig, colors)
-        draw_figure(mask, fig, {k: 1 for k in colors}, aa=False)
-        found = _mask_box_area(mask)
-        if found:
-            anns.append(blank_annotation(found[0], found[1], 0, []))
+        _draw_with_mask(img, fig, colors, mask)
+        box_area = _mask_box_area(mask)
+        if box_area:
+            found.append((*box_area, 0, []))
+    return found
 
+
+def _keypointed_people(rng: np.random.Generator, img: np.ndarray) -> tuple[list[tuple[Figure, np.ndarray]], np.ndarray]:
+    """1-4 labelled figures drawn back to front: [(figure, mask)] and the frontmost-person label map."""
+    h, w = img.shape[:2]
     n_people = int(rng.choice([1, 2, 3, 4], p=[0.35, 0.35, 0.2, 0.1]))
     labels = np.zeros((h, w), np.uint8)  # which keypointed person is frontmost at each pixel
     figures = []
@@ -293,34 +307,47 @@ def render_image(seed: int, split: str, index: int) -> tuple[bytes, dict, list[d
         hip = np.array([rng.uniform(0.1, 0.9) * w, rng.uniform(0.3, 0.75) * h])
         hip[1] = max(hip[1], 0.45 * height)  # keep heads mostly in frame
         fig = pose_figure(rng, hip, height)
-        colors = _person_colors(rng)
-        draw_figure(img, fig, colors)
         mask = np.zeros((h, w), np.uint8)
-        draw_figure(mask, fig, {key: 1 for key in colors}, aa=False)
+        _draw_with_mask(img, fig, _person_colors(rng), mask)
         labels[mask > 0] = k + 1
         figures.append((fig, mask))
+    return figures, labels
 
+
+def _keypoint_labels(fig: Figure, labels: np.ndarray, k: int) -> np.ndarray:
+    """[17,3] COCO keypoints: 2 visible, 1 occluded by a person in front, 0 outside the image or face hidden."""
+    h, w = labels.shape
+    pts = fig.points
+    inside = (pts[:, 0] >= 0) & (pts[:, 0] < w) & (pts[:, 1] >= 0) & (pts[:, 1] < h)
+    xi = np.clip(pts[:, 0].astype(int), 0, w - 1)
+    yi = np.clip(pts[:, 1].astype(int), 0, h - 1)
+    occluded = labels[yi, xi] > k + 1
+    vis = np.where(inside & fig.face_visible, np.where(occluded, 1, 2), 0)
+    kps = np.zeros((NUM_KEYPOINTS, 3))
+    kps[:, :2] = np.where(vis[:, None] > 0, np.round(pts, 2), 0)
+    kps[:, 2] = vis
+    return kps
+
+
+def render_image(seed: int, split: str, index: int) -> tuple[bytes, dict, list[dict]]:
+    """Render one synthetic image: (JPEG bytes, COCO image entry, COCO annotations)."""
+    rng = np.random.default_rng([seed, SPLIT_CODES[split], index])
+    h, w = int(rng.integers(224, 353)), int(rng.integers(256, 401))
+    image_id = SPLIT_ID_BASE[split] + index + 1
+    img = _background(rng, h, w)
+    anns: list[dict] = []
+    for box, area, iscrowd, seg in _unlabelled_people(rng, img):
+        anns.append(_blank_annotation(image_id * 100 + len(anns), image_id, box, area, iscrowd, seg))
+    figures, labels = _keypointed_people(rng, img)
     for k, (fig, mask) in enumerate(figures):
         found = _mask_box_area(mask)
-        if not found:
+        kps = _keypoint_labels(fig, labels, k) if found else None
+        if kps is None or not (kps[:, 2] > 0).any():
             continue
-        pts = fig.points
-        inside = (pts[:, 0] >= 0) & (pts[:, 0] < w) & (pts[:, 1] >= 0) & (pts[:, 1] < h)
-        xi = np.clip(pts[:, 0].astype(int), 0, w - 1)
-        yi = np.clip(pts[:, 1].astype(int), 0, h - 1)
-        occluded = labels[yi, xi] > k + 1
-        vis = np.where(inside & fig.face_visible, np.where(occluded, 1, 2), 0)
-        kps = np.zeros((NUM_KEYPOINTS, 3))
-        kps[:, :2] = np.where(vis[:, None] > 0, np.round(pts, 2), 0)
-        kps[:, 2] = vis
-        num = int((vis > 0).sum())
-        if num == 0:
-            continue
-        ann = blank_annotation(found[0], found[1], 0, [])
+        ann = _blank_annotation(image_id * 100 + len(anns), image_id, found[0], found[1], 0, [])
         ann["keypoints"] = [float(v) if i % 3 != 2 else int(v) for i, v in enumerate(kps.reshape(-1))]
-        ann["num_keypoints"] = num
+        ann["num_keypoints"] = int((kps[:, 2] > 0).sum())
         anns.append(ann)
-
     img = _lighting(rng, img)
     ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(75, 96))])
     assert ok

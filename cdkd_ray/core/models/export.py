@@ -11,10 +11,11 @@ import torch
 from torch import nn
 
 from cdkd_ray.core.keypoints import FLIP_PAIRS, KEYPOINT_NAMES, SKELETON_1BASED
-from cdkd_ray.core.geometry import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
-from cdkd_ray.core.models.loading import CheckpointError, build_from_state, infer_model_config, to_pose_resnet_keys
-from cdkd_ray.core.models.pose_resnet import PoseResNet, count_flops, count_parameters
-from cdkd_ray.core.checkpoint import load_checkpoint
+from cdkd_ray.core.models.inference import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
+from cdkd_ray.core.checkpoint import CARD_FILE, EXPORT_FILES, ONNX_FILE, STUDENT_FILE, load_checkpoint
+from cdkd_ray.core.errors import CheckpointError
+from cdkd_ray.core.models.loading import build_from_state, infer_model_config, to_pose_resnet_keys
+from cdkd_ray.core.models.pose_resnet import PoseResNet, count_flops, count_parameters, heatmap_size_for
 
 
 class HeatmapDecoder(nn.Module):
@@ -50,62 +51,86 @@ def student_state_from_checkpoint(model_state: dict) -> dict:
     return to_pose_resnet_keys(model_state, "cdkd") if any(k.startswith("student.") for k in model_state) else model_state
 
 
-def export_student(checkpoint_dir: str, out_dir: str, onnx: bool = False, onnx_decode: bool = False,
-                   opset: int = 17) -> dict:
-    """Write student.pt + model_card.json (+ student.onnx) into out_dir, atomically."""
-    model_state, _, trainer_state = load_checkpoint(checkpoint_dir)
-    state = student_state_from_checkpoint(model_state)
+def _model_card(model: PoseResNet, model_cfg, trainer_state: dict, checkpoint_dir: str) -> dict:
     config = trainer_state.get("config", {})
-    model_cfg = infer_model_config(state)
-    model_cfg.channel_order = config.get("model", {}).get("channel_order", "RGB")
-    model = build_from_state(state, model_cfg, checkpoint_dir).eval()
     data = config.get("data", {})
     input_size = tuple(data.get("input_size", (256, 192)))
-    heatmap_size = tuple(data.get("heatmap_size", (input_size[0] // 4, input_size[1] // 4)))
-    card = {
-        "format": "cdkd-ray student v1",
-        "architecture": f"SimpleBaseline {model_cfg.arch}",
-        "arch": model_cfg.arch,
-        "num_keypoints": model_cfg.num_keypoints,
-        "deconv_channels": model_cfg.deconv_channels,
-        "input_size": list(input_size),
-        "heatmap_size": list(heatmap_size),
+    return {
+        "format": "cdkd-ray student v1", "architecture": f"SimpleBaseline {model_cfg.arch}", "arch": model_cfg.arch,
+        "num_keypoints": model_cfg.num_keypoints, "deconv_channels": model_cfg.deconv_channels,
+        "input_size": list(input_size), "heatmap_size": list(data.get("heatmap_size", heatmap_size_for(input_size))),
         "channel_order": model_cfg.channel_order,
         "normalisation": {"mean": IMAGENET_MEAN_RGB.tolist(), "std": IMAGENET_STD_RGB.tolist(),
                           "scale": "pixel / 255, mean/std given in RGB order"},
         "input_layout": "float32 [N,3,H,W] in channel_order",
-        "keypoint_names": list(KEYPOINT_NAMES),
-        "flip_pairs": [list(p) for p in FLIP_PAIRS],
+        "keypoint_names": list(KEYPOINT_NAMES), "flip_pairs": [list(p) for p in FLIP_PAIRS],
         "skeleton": [list(e) for e in SKELETON_1BASED],
-        "decode": data.get("decode", "argmax"),
-        "sigma": data.get("sigma"),
-        "parameters": count_parameters(model),
-        "flops": count_flops(model, input_size),
-        "metrics": trainer_state.get("metrics", {}),
-        "epoch": trainer_state.get("epoch"),
-        "source_checkpoint": os.path.abspath(checkpoint_dir),
-        "training_config": config,
+        "decode": data.get("decode", "argmax"), "sigma": data.get("sigma"),
+        "parameters": count_parameters(model), "flops": count_flops(model, input_size),
+        "metrics": trainer_state.get("metrics", {}), "epoch": trainer_state.get("epoch"),
+        "source_checkpoint": os.path.abspath(checkpoint_dir), "training_config": config,
         "version": trainer_state.get("version", 1),
     }
+
+
+def check_export_target(out_dir: str) -> None:
+    """Refuse to replace a folder that is not empty and not an earlier export (runs, checkpoints, your files)."""
+    if not os.path.isdir(out_dir) or not os.listdir(out_dir):
+        if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+            raise CheckpointError(f"--out {out_dir} is a file, not a folder")
+        return
+    foreign = sorted(set(os.listdir(out_dir)) - set(EXPORT_FILES))
+    if foreign or not os.path.exists(os.path.join(out_dir, STUDENT_FILE)):
+        raise CheckpointError(f"--out {out_dir} holds {', '.join(foreign[:5]) or 'other files'}: it is not an earlier "
+                              "student export, so it is not replaced; choose a new or empty folder")
+
+
+def export_student(checkpoint_dir: str, out_dir: str, onnx: bool = False, onnx_decode: bool = False,
+                   opset: int = 17) -> dict:
+    """Write student.pt + model_card.json (+ student.onnx) into out_dir, atomically.
+
+    `out_dir` must be new, empty, or an earlier export (which is then replaced in one rename).
+    """
     out_dir = os.path.abspath(out_dir)
-    parent = os.path.dirname(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".export-", dir=parent)
+    check_export_target(out_dir)
+    model_state, _, trainer_state = load_checkpoint(checkpoint_dir)
+    state = student_state_from_checkpoint(model_state)
+    model_cfg = infer_model_config(state)
+    model_cfg.channel_order = trainer_state.get("config", {}).get("model", {}).get("channel_order", "RGB")
+    model = build_from_state(state, model_cfg, checkpoint_dir).eval()
+    card = _model_card(model, model_cfg, trainer_state, checkpoint_dir)
+    os.makedirs(os.path.dirname(out_dir), exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".export-", dir=os.path.dirname(out_dir))
     try:
-        torch.save(model.state_dict(), os.path.join(tmp, "student.pt"))
+        torch.save(model.state_dict(), os.path.join(tmp, STUDENT_FILE))
         if onnx:
-            card["onnx"] = export_onnx(model, os.path.join(tmp, "student.onnx"), input_size, heatmap_size,
-                                       with_decode=onnx_decode, opset=opset)
-        with open(os.path.join(tmp, "model_card.json"), "w") as f:
+            card["onnx"] = export_onnx(model, os.path.join(tmp, ONNX_FILE), tuple(card["input_size"]),
+                                       tuple(card["heatmap_size"]), with_decode=onnx_decode, opset=opset)
+        with open(os.path.join(tmp, CARD_FILE), "w") as f:
             json.dump(card, f, indent=1)
-        if os.path.exists(out_dir):
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
+        _replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return {"out": out_dir, "parameters": card["parameters"], "flops": card["flops"],
-            "onnx": os.path.join(out_dir, "student.onnx") if onnx else None, "metrics": card["metrics"]}
+            "onnx": os.path.join(out_dir, ONNX_FILE) if onnx else None, "metrics": card["metrics"]}
+
+
+def _replace_dir(new: str, target: str) -> None:
+    """Put `new` at `target`; an earlier export there is moved aside first and removed only afterwards."""
+    old = None
+    if os.path.exists(target):
+        old = tempfile.mkdtemp(prefix=".export-old-", dir=os.path.dirname(target))
+        os.rmdir(old)
+        os.replace(target, old)
+    try:
+        os.replace(new, target)
+    except BaseException:
+        if old:
+            os.replace(old, target)  # put the earlier export back
+        raise
+    if old:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def export_onnx(model: PoseResNet, path: str, input_size: tuple[int, int], heatmap_size: tuple[int, int],
@@ -122,6 +147,6 @@ def export_onnx(model: PoseResNet, path: str, input_size: tuple[int, int], heatm
     dummy = torch.zeros(2, 3, *input_size)
     torch.onnx.export(module, (dummy,), path, input_names=["image"], output_names=outputs, opset_version=opset,
                       dynamic_axes={"image": {0: "batch"}, **{o: {0: "batch"} for o in outputs}}, dynamo=False)
-    return {"file": "student.onnx", "opset": opset, "inputs": {"image": ["batch", 3, *input_size]},
+    return {"file": ONNX_FILE, "opset": opset, "inputs": {"image": ["batch", 3, *input_size]},
             "outputs": outputs, "decode_in_graph": with_decode,
             "keypoints_space": "input-crop pixels (map back with the crop's affine)" if with_decode else None}

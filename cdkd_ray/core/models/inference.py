@@ -6,7 +6,20 @@ import numpy as np
 import torch
 
 from cdkd_ray.core.codec import flip_back, heatmaps_to_keypoints
-from cdkd_ray.core.geometry import normalize_images
+
+IMAGENET_MEAN_RGB = np.array([0.485, 0.456, 0.406], np.float32)
+IMAGENET_STD_RGB = np.array([0.229, 0.224, 0.225], np.float32)
+
+
+def normalize_images(images, channel_order: str = "RGB"):
+    """uint8 [N,3,H,W] RGB tensor -> float ImageNet-normalised, in the model's channel order."""
+    x = images.float().div_(255.0)
+    mean = torch.as_tensor(IMAGENET_MEAN_RGB, device=x.device).view(1, 3, 1, 1)
+    std = torch.as_tensor(IMAGENET_STD_RGB, device=x.device).view(1, 3, 1, 1)
+    x = (x - mean) / std
+    if channel_order.upper() == "BGR":
+        x = x.flip(1)
+    return x
 
 
 @torch.no_grad()

@@ -15,17 +15,14 @@ from dataclasses import dataclass
 
 import torch
 
-from cdkd_ray.core.errors import CdkdError
+from cdkd_ray.core.checkpoint import CARD_FILE, MODEL_FILE, STATE_FILE, STUDENT_FILE
+from cdkd_ray.core.errors import CheckpointError
 from cdkd_ray.core.models.pose_resnet import ModelConfig, PoseResNet
 
 LAYOUT_CHANNEL_ORDER = {"simplebaseline": "BGR", "mmpose1": "RGB", "mmpose0": "RGB", "cdkd": "RGB"}
 # Blocks in layer3 tell the depth; conv3 in a block tells Bottleneck from BasicBlock.
 DEPTH_BY_BLOCKS = {(False, 2): "resnet18", (False, 6): "resnet34", (True, 6): "resnet50",
                    (True, 23): "resnet101", (True, 36): "resnet152"}
-
-
-class CheckpointError(CdkdError):
-    """A checkpoint cannot be read or does not fit the model."""
 
 
 @dataclass
@@ -129,12 +126,13 @@ def load_pose_model(path: str, channel_order: str | None = None) -> LoadedModel:
 
     location = resolve(path)
     if location.fs.isdir(location.path):
-        if location.join("student.pt").exists():
-            card = json.loads(location.join("model_card.json").read_bytes()) if location.join("model_card.json").exists() else {}
-            file = location.join("student.pt").uri
-        elif location.join("model.pt").exists():
-            file = location.join("model.pt").uri
-            state_file = location.join("trainer_state.json")
+        if location.join(STUDENT_FILE).exists():
+            card_file = location.join(CARD_FILE)
+            card = json.loads(card_file.read_bytes()) if card_file.exists() else {}
+            file = location.join(STUDENT_FILE).uri
+        elif location.join(MODEL_FILE).exists():
+            file = location.join(MODEL_FILE).uri
+            state_file = location.join(STATE_FILE)
             if state_file.exists():
                 card = {"trainer_state": json.loads(state_file.read_bytes())}
         else:

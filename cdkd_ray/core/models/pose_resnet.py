@@ -8,7 +8,7 @@ final_layer.*), so its checkpoints load as they are. `forward(x, taps)` returns 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Literal, Optional, get_args
 
 import torch
 from torch import nn
@@ -16,7 +16,10 @@ from torch import nn
 from cdkd_ray.core.keypoints import NUM_KEYPOINTS
 from cdkd_ray.core.errors import ConfigError
 
-ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+Arch = Literal["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
+ARCHS: tuple[str, ...] = get_args(Arch)
+BASIC_BLOCK_ARCHS = ARCHS[:2]  # resnet18/34: BasicBlock; deeper nets use Bottleneck (4x channels)
+HEATMAP_STRIDE = 4  # three stride-2 deconvolutions after a stride-32 backbone: heatmap = input / 4
 BACKBONE_TAPS = ("stem", "layer1", "layer2", "layer3", "layer4")
 DECONV_TAPS = ("deconv1", "deconv2", "deconv3")
 TAPS = BACKBONE_TAPS + DECONV_TAPS
@@ -26,7 +29,7 @@ TAP_STRIDES = {"stem": 4, "layer1": 4, "layer2": 8, "layer3": 16, "layer4": 32, 
 
 @dataclass
 class ModelConfig:
-    arch: Literal["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"] = "resnet18"
+    arch: Arch = "resnet18"
     num_keypoints: int = NUM_KEYPOINTS
     deconv_channels: int = 256
     num_deconv: int = 3
@@ -42,7 +45,7 @@ class ModelConfig:
 
 def tap_channels(arch: str, tap: str, deconv_channels: int = 256) -> int:
     """Channels of a tap point for an architecture."""
-    expansion = 1 if arch in ("resnet18", "resnet34") else 4
+    expansion = 1 if arch in BASIC_BLOCK_ARCHS else 4
     base = {"stem": 64, "layer1": 64 * expansion, "layer2": 128 * expansion, "layer3": 256 * expansion,
             "layer4": 512 * expansion}
     if tap in base:
@@ -127,3 +130,8 @@ def count_flops(module: nn.Module, input_size: tuple[int, int], taps: tuple[str,
         module(x, taps) if taps else module(x)
     module.train(was_training)
     return int(counter.get_total_flops())
+
+
+def heatmap_size_for(input_size: tuple[int, int]) -> tuple[int, int]:
+    """The heatmap (H, W) a SimpleBaseline head produces for an input (H, W)."""
+    return input_size[0] // HEATMAP_STRIDE, input_size[1] // HEATMAP_STRIDE

@@ -9,6 +9,7 @@ from cdkd_ray.core.codec import heatmaps_to_keypoints
 from cdkd_ray.core.geometry import box_to_center_scale, crop_affine, warp_crops
 from cdkd_ray.core.models.loading import load_pose_model
 from cdkd_ray.core.models.inference import predict_heatmaps
+from cdkd_ray.core.models.pose_resnet import heatmap_size_for
 from cdkd_ray.core.evaluation import rescore
 
 
@@ -21,6 +22,8 @@ class StudentRuntime:
         self.card = loaded.card
         self.channel_order = loaded.channel_order
         self.input_size = tuple(self.card.get("input_size", (256, 192)))
+        self.heatmap_size = heatmap_size_for(self.input_size)
+        self.num_keypoints = loaded.model_cfg.num_keypoints
         self.decode = self.card.get("decode", "argmax")
         self.model_uri = model_uri
         self.name = f"cdkd-ray {loaded.model_cfg.arch}"

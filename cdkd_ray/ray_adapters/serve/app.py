@@ -16,7 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from ray import serve
 
-from cdkd_ray.core.coco.images import image_problem
+from cdkd_ray.core.coco.images import decode_checked
 from cdkd_ray.core.serving.validation import BadRequest, Limits, check_image_bytes, parse_boxes, parse_flag
 
 IMAGE_TYPES = ("image/jpeg", "image/png", "application/octet-stream")
@@ -36,9 +36,10 @@ class ServeConfig:
     downscale_delay_s: float = 10.0
     num_cpus: float = 1.0
     torch_threads: int = 1
-    max_body_bytes: int = 16 * 1024 * 1024
-    max_pixels: int = 40_000_000
-    max_boxes: int = 64
+    max_body_bytes: int = Limits.max_body_bytes
+    max_pixels: int = Limits.max_pixels
+    max_side: int = Limits.max_side
+    max_boxes: int = Limits.max_boxes
 
     def validate(self, where: str = "serve") -> None:
         from cdkd_ray.core.errors import ConfigError
@@ -50,7 +51,7 @@ class ServeConfig:
 
     @property
     def limits(self) -> Limits:
-        return Limits(self.max_body_bytes, self.max_pixels, max_boxes=self.max_boxes)
+        return Limits(self.max_body_bytes, self.max_pixels, self.max_side, self.max_boxes)
 
 
 @serve.deployment(name="PoseModel")
@@ -83,7 +84,7 @@ class PoseModel:
         runtime = self.runtime
         crops = np.stack([crop for _, crop, _ in items])
         flips = np.array([flip for _, _, flip in items])
-        out = np.empty((len(items), 17, runtime.input_size[0] // 4, runtime.input_size[1] // 4), np.float32)
+        out = np.empty((len(items), runtime.num_keypoints, *runtime.heatmap_size), np.float32)
         for flag in (False, True):
             idx = np.nonzero(flips == flag)[0]
             if len(idx):
@@ -149,13 +150,10 @@ class PoseAPI:
 
     async def _predict(self, request: Request) -> tuple[np.ndarray, dict]:
         data, raw_boxes, raw_flip = await self._read(request)
-        width, height = check_image_bytes(data, self.limits)
-        problem = image_problem(data)
+        width, height = check_image_bytes(data, self.limits)  # header only: refuse bombs before decoding
+        image, problem = decode_checked(data)  # the one decode
         if problem:
             raise BadRequest(f"image {problem}")
-        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-        if image is None:
-            raise BadRequest("image cannot be decoded")
         boxes = parse_boxes(raw_boxes, image.shape[1], image.shape[0], self.limits)
         flip = parse_flag(raw_flip)
         request_id = uuid.uuid4().hex

@@ -1,0 +1,33 @@
+"""Quickstart presets and the checks run before any work (light: importable before torch and Ray)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class QuickstartPreset:
+    train_images: int
+    val_images: int
+    experiment: str
+    teacher_overrides: list[str] = field(default_factory=list)
+    student_overrides: list[str] = field(default_factory=list)
+    seed: int = 0
+    disk_gib: float = 2.0  # free space the work folder needs (checkpoints, shards, Ray's spill)
+
+
+PRESETS = {
+    "tiny": QuickstartPreset(48, 16, "tiny", ["train.epochs=2"], ["train.epochs=2"], disk_gib=2.0),
+    "small": QuickstartPreset(300, 60, "synth-cpu",
+                              ["train.epochs=3", "train.lr_steps=[100]", "train.warmup_iters=20"],
+                              ["train.epochs=3", "train.lr_steps=[100]", "train.warmup_iters=20"], disk_gib=5.0),
+}
+
+
+def preflight(workdir: str, preset_name: str, serve_port: int) -> int:
+    """Everything the quickstart will need, checked before any work; returns the Serve port to use."""
+    from cdkd_ray.apps.environment_check import DiskNeed, check_run_environment, claim_workdir, pick_free_port
+
+    check_run_environment(workdir, DiskNeed(PRESETS[preset_name].disk_gib), serve_port)
+    claim_workdir(workdir, ".quickstart.json", {"preset": preset_name})
+    return serve_port or pick_free_port()
