@@ -36,3 +36,12 @@ def random_student_export(folder: str, seed: int = 7) -> str:
         "epoch": 0, "metrics": {"AP": 0.1}, "config": {"data": {"input_size": [128, 96], "heatmap_size": [32, 24]}}})
     export_student(os.path.join(folder, "ckpt"), os.path.join(folder, "export"))
     return os.path.join(folder, "export")
+
+
+def split_file(root, split: str, which: str = "annotations"):
+    """The path of a published split's annotation copy ("annotations") or its first part file ("part")."""
+    from pathlib import Path
+
+    folder = Path(root) / split
+    manifest = json.loads((folder / "manifest.json").read_text())
+    return folder / (manifest["annotation_file"] if which == "annotations" else manifest["files"][0]["name"])

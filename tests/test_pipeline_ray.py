@@ -5,6 +5,7 @@ from cdkd_ray.core.shards import shard_coco
 from cdkd_ray.core.data_config import DataConfig
 from cdkd_ray.core.keypoints import is_labelled_person
 from cdkd_ray.ray_adapters.pipeline import build_dataset
+from tests.helpers import split_file
 
 CFG = DataConfig(input_size=(128, 96), heatmap_size=(32, 24), sigma=1.0, images_per_block=4)
 
@@ -61,7 +62,7 @@ def test_corrupt_image_in_shard_is_reported_by_id(ray_session, synth_dir, tmp_pa
     root = tmp_path / "shards"
     shard_coco(str(synth_dir / "annotations" / "person_keypoints_val.json"), str(synth_dir / "val"), str(root),
                split="val", show_progress=False)
-    part = root / "val" / "part-00000.parquet"
+    part = split_file(root, "val", "part")
     table = pq.read_table(part)
     images = table.column("image").to_pylist()
     bad_id = table.column("image_id")[0].as_py()

@@ -7,7 +7,7 @@ import pytest
 from cdkd_ray.core.shards import shard_coco, shards_info
 from cdkd_ray.core.storage import resolve
 from cdkd_ray.core.evaluation import evaluate_keypoints, gt_as_results
-from tests.helpers import last_json, run_cli
+from tests.helpers import last_json, run_cli, split_file
 
 
 def read_back(root_uri: str, split: str) -> list[dict]:
@@ -43,7 +43,7 @@ def test_real_coco_mini_round_trip_and_ap(coco_mini, tmp_path):
     result = last_json(proc)
     assert result["num_images"] == 4 and result["num_persons"] == 14 and result["num_keypointed_persons"] == 12
     assert_same_as_source(read_back(str(tmp_path / "shards"), "val"), ann, coco_mini / "images")
-    copy = json.loads((tmp_path / "shards" / "val" / "annotations.json").read_text())
+    copy = json.loads(split_file(tmp_path / "shards", "val").read_text())
     assert evaluate_keypoints(copy, gt_as_results(copy))["AP"] == 1.0
     info = last_json(run_cli("shards-info", tmp_path / "shards", "--json", check=True))
     assert info["ok"] and info["splits"]["val"]["num_images"] == 4
@@ -60,11 +60,11 @@ def test_s3_round_trip_through_moto(synth_dir, s3_bucket, s3_server):
     assert listing == ["train"], listing  # no temporary prefix left behind
     info = shards_info(uri)
     assert info["ok"] and info["splits"]["train"]["num_files"] == 3
-    # a re-run replaces, never duplicates
-    shard_coco(str(ann), str(synth_dir / "train"), uri, split="train", rows_per_file=10, show_progress=False)
+    # a re-run replaces, never duplicates: one version folder and the manifest, no lease left
+    again = shard_coco(str(ann), str(synth_dir / "train"), uri, split="train", rows_per_file=10, show_progress=False)
     assert len(read_back(uri, "train")) == manifest["num_images"]
-    assert sorted(resolve(uri).join("train").listdir_names()) == sorted(
-        [f["name"] for f in manifest["files"]] + ["annotations.json", "manifest.json"])
+    assert again["version"] != manifest["version"]
+    assert sorted(resolve(uri).join("train").listdir_names()) == sorted([again["version"], "manifest.json"])
 
 
 def _bad_copy(coco_mini, tmp_path):
@@ -113,11 +113,11 @@ def test_skip_bad_writes_the_good_ones_and_a_report(coco_mini, tmp_path):
     out = tmp_path / "out"
     result = last_json(run_cli("shard", ann_path, images, out, "--split", "val", "--skip-bad", "--json", check=True))
     assert result["num_images"] == 3 and result["skipped_bad"] == 2
-    report = json.loads((out / "val" / "skipped_report.json").read_text())["skipped"]
+    report = json.loads((split_file(out, "val").parent / "skipped_report.json").read_text())["skipped"]
     assert any("image id=785" in r for r in report) and any("bbox" in r for r in report)
     rows = read_back(str(out), "val")
     assert 785 not in {r["image_id"] for r in rows}
-    copy = json.loads((out / "val" / "annotations.json").read_text())
+    copy = json.loads(split_file(out, "val").read_text())
     assert 785 not in {im["id"] for im in copy["images"]}
     assert evaluate_keypoints(copy, gt_as_results(copy))["AP"] == 1.0
 
@@ -125,7 +125,7 @@ def test_skip_bad_writes_the_good_ones_and_a_report(coco_mini, tmp_path):
 def test_shards_info_detects_corruption(synth_dir, tmp_path):
     shard_coco(str(synth_dir / "annotations" / "person_keypoints_val.json"), str(synth_dir / "val"),
                str(tmp_path), split="val", show_progress=False)
-    part = tmp_path / "val" / "part-00000.parquet"
+    part = split_file(tmp_path, "val", "part")
     data = bytearray(part.read_bytes())
     data[len(data) // 2] ^= 0xFF
     part.write_bytes(bytes(data))

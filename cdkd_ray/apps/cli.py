@@ -105,10 +105,31 @@ def cmd_shards_info(args: argparse.Namespace) -> None:
                   f"{s['source_annotation_sha256'][:12]}     {status}")
             for problem in s["problems"]:
                 print(f"    - {problem}")
+            if s["being_written_by"]:
+                print(f"    being written by {s['being_written_by']} (a new version is published when it finishes)")
+        stale = r["leftovers"] + [f"{split}/{v}" for split, s in r["splits"].items() for v in s["leftovers"]
+                                  if not s["being_written_by"]]
+        if stale:
+            print(f"  leftovers of interrupted writes (not read by anything): {', '.join(stale)}")
+            print(f"  remove them with: cdkd-ray shards-gc {r['root']}")
 
     emit(info, args.json, human)
     if not info["ok"]:
         raise SystemExit(1)
+
+
+def cmd_shards_gc(args: argparse.Namespace) -> None:
+    from cdkd_ray.core.shards import shards_gc
+
+    result = shards_gc(args.uri, s3_endpoint=args.s3_endpoint, dry_run=args.dry_run)
+
+    def human(r: dict) -> None:
+        verb = "would remove" if r["dry_run"] else "removed"
+        print(f"{r['root']}: {verb} {len(r['removed'])} leftover(s)" + "".join(f"\n  {x}" for x in r["removed"]))
+        for split in r["busy"]:
+            print(f"  {split}: being written, left alone")
+
+    emit(result, args.json, human)
 
 
 def _data_config(args: argparse.Namespace):
@@ -456,6 +477,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--onnx", action="store_true", help="also write student.onnx (opset >= 17, dynamic batch)")
     p.add_argument("--onnx-decode", action="store_true", help="ONNX outputs keypoints + scores instead of heatmaps")
     p.add_argument("--opset", type=int, default=17)
+
+    p = add("shards-gc", cmd_shards_gc,
+            "Remove what interrupted shard writes left behind (never a published version or a write under way).")
+    p.add_argument("uri", metavar="URI", help="shard root: a folder or s3://bucket/prefix")
+    p.add_argument("--dry-run", action="store_true", help="list what would be removed, remove nothing")
+    _add_s3_endpoint(p)
 
     p = add("shards-info", cmd_shards_info, "Print counts, schema and checksums of every split, verified.")
     p.add_argument("uri", metavar="URI", help="shard root: a folder or s3://bucket/prefix")

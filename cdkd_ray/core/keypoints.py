@@ -29,7 +29,7 @@ OKS_SIGMAS = np.array(
 ) / 10.0
 
 UPPER_BODY_IDS: tuple[int, ...] = tuple(range(11))
-LOWER_BODY_IDS: tuple[int, ...] = tuple(range(11, 17))
+LOWER_BODY_IDS: tuple[int, ...] = tuple(range(11, NUM_KEYPOINTS))
 
 PERSON_CATEGORY_ID = 1
 

@@ -1,18 +1,21 @@
-"""Writing COCO keypoint data as Parquet shards (one row per image) to a folder or s3://.
+"""Writing COCO keypoint data as Parquet shards (one row per image) to a folder or s3://, and checking them.
 
-Layout: ``ROOT/<split>/part-00000.parquet ... + annotations.json + manifest.json``. A split is
-written under a temporary prefix and published only when complete; the manifest, written last,
-lists every part file with its row count and SHA-256, and readers trust only what it lists.
+Layout: ``ROOT/<split>/manifest.json`` + ``ROOT/<split>/v-<version>/part-00000.parquet ... annotations.json``.
+The manifest, switched last (see shard_publish), lists every part file with its row count, size and
+SHA-256; readers trust only what it lists.
 """
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import io
 import json
+import logging
 import time
-import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Callable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -23,9 +26,15 @@ from cdkd_ray.core.coco.images import image_problem
 from cdkd_ray.core.storage import Location, resolve
 from cdkd_ray.core.errors import DataValidationError
 from cdkd_ray.core.keypoints import is_labelled_person
+from cdkd_ray.core.names import check_name
+from cdkd_ray.core.shard_publish import (
+    MANIFEST, VERSION_PREFIX, acquire_lease, collect_garbage, lease_holder, leftovers, new_version, read_pointer,
+    remove_version, root_leftovers, switch_pointer, version_of,
+)
+
+log = logging.getLogger("cdkd_ray.shards")
 
 SCHEMA_VERSION = 1
-MANIFEST = "manifest.json"
 ANNOTATIONS = "annotations.json"
 REPORT = "skipped_report.json"
 ROW_GROUP_TARGET_BYTES = 32 * 1024 * 1024
@@ -63,6 +72,8 @@ class _PartWriter:
 
     prefix: Location
     rows_per_file: int
+    name_prefix: str = ""  # how the manifest names the files (relative to the split folder)
+    on_flush: Callable[[], None] = lambda: None  # e.g. refresh the writer's lease
     rows: list[dict] = field(default_factory=list)
     files: list[dict] = field(default_factory=list)
     total_bytes: int = 0
@@ -86,10 +97,11 @@ class _PartWriter:
         data = sink.getvalue()
         name = f"part-{len(self.files):05d}.parquet"
         self.prefix.join(name).write_bytes(data)
-        self.files.append({"name": name, "rows": len(self.rows), "bytes": len(data),
+        self.files.append({"name": self.name_prefix + name, "rows": len(self.rows), "bytes": len(data),
                            "sha256": hashlib.sha256(data).hexdigest()})
         self.total_bytes += len(data)
         self.rows = []
+        self.on_flush()
 
 
 def _person_rows(persons) -> list[dict]:
@@ -100,15 +112,39 @@ def _person_rows(persons) -> list[dict]:
     ]
 
 
+def read_in_order(folder: Location, names: list[str], workers: int = 8) -> Iterator[bytes | None]:
+    """The bytes of each file (None if missing), in order, read by a bounded pool of threads.
+
+    At most 2 x workers reads are in flight, so memory stays bounded however many images there are.
+    """
+    def read(name: str) -> bytes | None:
+        try:
+            return folder.join(name).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    if workers <= 1:
+        yield from map(read, names)
+        return
+    with ThreadPoolExecutor(workers) as pool:
+        pending = collections.deque()
+        for name in names:
+            pending.append(pool.submit(read, name))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
 def _write_parts(coco: CocoKeypointSet, images: Location, image_dir: str, split: str, writer: _PartWriter,
-                 skip_bad: bool, show_progress: bool) -> tuple[list[str], set[int]]:
+                 skip_bad: bool, show_progress: bool, read_workers: int = 8) -> tuple[list[str], set[int]]:
     """Check and write every image; returns (problems, ids of bad images). Keeps scanning after a bad one."""
     problems: list[str] = list(coco.problems)
     bad_images: set[int] = set()
-    for im in tqdm(coco.images, desc=f"shard {split}", unit="img", disable=not show_progress):
-        try:
-            data = images.join(im.file_name).read_bytes()
-        except FileNotFoundError:
+    reads = read_in_order(images, [im.file_name for im in coco.images], read_workers)
+    for im, data in tqdm(zip(coco.images, reads), total=len(coco.images), desc=f"shard {split}", unit="img",
+                         disable=not show_progress):
+        if data is None:
             problems.append(f"image id={im.image_id}: file '{im.file_name}' not found in {image_dir}")
             bad_images.add(im.image_id)
             continue
@@ -126,7 +162,7 @@ def _write_parts(coco: CocoKeypointSet, images: Location, image_dir: str, split:
 
 
 def _manifest(coco: CocoKeypointSet, split: str, writer: _PartWriter, ann_bytes: bytes, annotation_path: str,
-              problems: list[str]) -> dict:
+              problems: list[str], version: str) -> dict:
     persons = [p for im in coco.images for p in im.persons]
     return {
         "schema_version": SCHEMA_VERSION, "split": split, "created_unix": time.time(),
@@ -134,7 +170,7 @@ def _manifest(coco: CocoKeypointSet, split: str, writer: _PartWriter, ann_bytes:
         "num_keypointed_persons": sum(map(is_labelled_person, persons)),
         "num_crowd": sum(1 for p in persons if p.iscrowd),
         "total_bytes": writer.total_bytes, "files": writer.files, "columns": SHARD_SCHEMA.names,
-        "annotation_file": ANNOTATIONS, "annotation_sha256": hashlib.sha256(ann_bytes).hexdigest(),
+        "version": version, "annotation_file": writer.name_prefix + ANNOTATIONS, "annotation_sha256": hashlib.sha256(ann_bytes).hexdigest(),
         "source_annotation_file": annotation_path, "source_annotation_sha256": coco.source_sha256,
         "skipped_non_person": coco.skipped_non_person, "skipped_bad": len(problems),
         "categories": coco.raw.get("categories", []),
@@ -155,48 +191,63 @@ def _load_source(annotation_path: str, image_dir: str, skip_bad: bool, s3_endpoi
 
 def shard_coco(annotation_path: str, image_dir: str, out_uri: str, split: str | None = None,
                rows_per_file: int = 1000, skip_bad: bool = False, s3_endpoint: str | None = None,
-               show_progress: bool = True) -> dict:
-    """Shard a COCO keypoint set into ``out_uri/<split>/``; returns the manifest."""
+               show_progress: bool = True, read_workers: int = 8, lease_seconds: float = 600.0) -> dict:
+    """Shard a COCO keypoint set into ``out_uri/<split>/`` as a new version; returns the manifest.
+
+    One writer per split (a lease); the previous version stays readable until the new manifest is in
+    place, and is removed only then.
+    """
     split = split or infer_split(annotation_path)
     if not split:
         raise DataValidationError("cannot tell the split", [f"pass --split for {annotation_path}"])
+    check_name(split, "split")
     if rows_per_file < 1:
         raise DataValidationError("bad option", [f"--rows-per-file must be >= 1 (got {rows_per_file})"])
     coco, images = _load_source(annotation_path, image_dir, skip_bad, s3_endpoint)
-    root = resolve(out_uri, s3_endpoint)
-    tmp = root.join(f"_tmp-{split}-{uuid.uuid4().hex[:10]}")
-    writer = _PartWriter(tmp, rows_per_file)
+    split_dir = resolve(out_uri, s3_endpoint).join(split)
+    lease = acquire_lease(split_dir, lease_seconds)
     try:
-        problems, bad_images = _write_parts(coco, images, image_dir, split, writer, skip_bad, show_progress)
-        if problems and not skip_bad:
-            raise DataValidationError(f"cannot shard {annotation_path}", problems)
-        coco.drop_images(bad_images)
-        ann_bytes = json.dumps(coco.raw).encode()
-        tmp.join(ANNOTATIONS).write_bytes(ann_bytes)
-        if problems:
-            tmp.join(REPORT).write_bytes(json.dumps({"skipped": problems}, indent=1).encode())
-        manifest = _manifest(coco, split, writer, ann_bytes, annotation_path, problems)
-        _publish(tmp, root.join(split), manifest)
+        version = VERSION_PREFIX + new_version()
+        writer = _PartWriter(split_dir.join(version), rows_per_file, f"{version}/", on_flush=lease.refresh)
+        previous = read_pointer(split_dir)
+        manifest, problems = _write_version(coco, images, image_dir, split, writer, version, annotation_path,
+                                            skip_bad, show_progress, read_workers)
+        switch_pointer(split_dir, manifest)
+        _remove_superseded(split_dir, previous)
     except BaseException:
-        tmp.remove()
+        published = read_pointer(split_dir)
+        if not (published and version_of(published) == version):
+            split_dir.join(version).remove()  # never published: take it away again
+        lease.release()
+        if not split_dir.listdir_names():
+            split_dir.remove()  # a first write that failed leaves no empty split folder
         raise
-    manifest["problems"] = problems
-    return manifest
+    lease.release()
+    return {**manifest, "problems": problems}
 
 
-def _publish(tmp: Location, final: Location, manifest: dict) -> None:
-    """Replace ``final`` by the complete ``tmp`` prefix; the manifest goes last."""
-    final.remove()
-    if final.is_remote:
-        for name in tmp.listdir_names():
-            tmp.fs.mv(tmp.join(name).path, final.join(name).path)
-        tmp.remove()
-    else:
-        import os
+def _write_version(coco: CocoKeypointSet, images: Location, image_dir: str, split: str, writer: _PartWriter,
+                   version: str, annotation_path: str, skip_bad: bool, show_progress: bool, read_workers: int
+                   ) -> tuple[dict, list[str]]:
+    """Every part, the annotation copy and the report of the new version: (its manifest, not yet published; problems)."""
+    problems, bad_images = _write_parts(coco, images, image_dir, split, writer, skip_bad, show_progress, read_workers)
+    if problems and not skip_bad:
+        raise DataValidationError(f"cannot shard {annotation_path}", problems)
+    coco.drop_images(bad_images)
+    ann_bytes = json.dumps(coco.raw).encode()
+    writer.prefix.join(ANNOTATIONS).write_bytes(ann_bytes)
+    if problems:
+        writer.prefix.join(REPORT).write_bytes(json.dumps({"skipped": problems}, indent=1).encode())
+    return _manifest(coco, split, writer, ann_bytes, annotation_path, problems, version), problems
 
-        os.replace(tmp.path, final.path)
-    final.join(MANIFEST).write_bytes(json.dumps(manifest, indent=1).encode())
-    final.invalidate()
+
+def _remove_superseded(split_dir: Location, previous: dict | None) -> None:
+    """The new version is published: remove the old one. A failure here loses nothing (gc finishes it)."""
+    try:
+        remove_version(split_dir, previous)
+    except Exception as exc:  # noqa: BLE001 - the publish succeeded; leftovers are reported by shards-info
+        log.warning("published, but the previous version could not be removed (%s); `cdkd-ray shards-gc` "
+                    "removes it", exc)
 
 
 def read_manifest(split_location: Location) -> dict:
@@ -267,29 +318,30 @@ def verify_split(location: Location, manifest: dict, hashes: bool = True) -> lis
     return problems
 
 
+def _split_info(location: Location, manifest: dict, hashes: bool) -> dict:
+    problems = verify_split(location, manifest, hashes=hashes)
+    keys = ("num_images", "num_persons", "num_keypointed_persons", "num_crowd", "total_bytes", "schema_version",
+            "source_annotation_sha256", "skipped_bad")
+    return {**{k: manifest[k] for k in keys}, "num_files": len(manifest["files"]),
+            "version": version_of(manifest), "verified": not problems, "problems": problems,
+            "leftovers": leftovers(location, manifest), "being_written_by": lease_holder(location)}
+
+
 def shards_info(root_uri: str, s3_endpoint: str | None = None, hashes: bool = True) -> dict:
-    """Counts, schema and checksums for every split under a shard root, verified."""
+    """Counts, schema and checksums for every split under a shard root, verified; leftovers of crashed writers."""
     root = resolve(root_uri, s3_endpoint)
     splits = list_splits(root)
     if not splits:
         raise DataValidationError(f"no shard splits under {root.uri}", ["expected <split>/manifest.json folders"])
-    info = {"root": root.uri, "splits": {}}
-    for split in splits:
-        location = root.join(split)
-        manifest = read_manifest(location)
-        problems = verify_split(location, manifest, hashes=hashes)
-        info["splits"][split] = {
-            "num_images": manifest["num_images"],
-            "num_persons": manifest["num_persons"],
-            "num_keypointed_persons": manifest["num_keypointed_persons"],
-            "num_crowd": manifest["num_crowd"],
-            "num_files": len(manifest["files"]),
-            "total_bytes": manifest["total_bytes"],
-            "schema_version": manifest["schema_version"],
-            "source_annotation_sha256": manifest["source_annotation_sha256"],
-            "skipped_bad": manifest["skipped_bad"],
-            "verified": not problems,
-            "problems": problems,
-        }
+    info = {"root": root.uri, "splits": {s: _split_info(root.join(s), read_manifest(root.join(s)), hashes)
+                                         for s in splits}}
+    info["leftovers"] = root_leftovers(root) + [
+        f"{name}/{v}" for name in root.listdir_names() if name not in splits and not name.startswith("_")
+        for v in leftovers(root.join(name), None)]
     info["ok"] = all(s["verified"] for s in info["splits"].values())
     return info
+
+
+def shards_gc(root_uri: str, s3_endpoint: str | None = None, dry_run: bool = False) -> dict:
+    """Remove the leftovers shards-info lists (never a published version, never a split being written)."""
+    return collect_garbage(resolve(root_uri, s3_endpoint), dry_run)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import uuid
 from dataclasses import dataclass
 
 import fsspec
@@ -55,6 +56,40 @@ class Location:
             os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
         with self.fs.open(self.path, "wb") as f:
             f.write(data)
+
+    def write_atomic(self, data: bytes) -> None:
+        """Replace the object in one step: a rename of a finished temp file locally, one PUT on S3."""
+        if self.is_remote:
+            self.write_bytes(data)  # an S3 PUT is atomic: readers see the old or the new object
+            return
+        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+        tmp = f"{self.path}.tmp-{uuid.uuid4().hex[:8]}"
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+    def create_exclusive(self, data: bytes) -> bool:
+        """Write only if nothing is there yet (O_EXCL locally, a conditional PUT on S3); False if taken."""
+        if self.is_remote:
+            try:
+                self.fs.pipe_file(self.path, data, mode="create")
+            except FileExistsError:
+                return False
+            return True
+        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        return True
 
     def makedirs(self) -> None:
         if not self.is_remote:
