@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import sys
 import tempfile
 import time
@@ -147,18 +146,10 @@ def main() -> None:
     at, bt = max(at_rates), max(bt_rates)
 
     # (c) vs (d): Ray Data streaming, local folder vs S3 (moto server on loopback)
-    from moto.server import ThreadedMotoServer
+    from _moto import start_moto_s3
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    os.environ.update({"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1",
-                       "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS": "1"})
-    import boto3
-
-    boto3.client("s3").create_bucket(Bucket="bench")
+    server = start_moto_s3("bench")
+    os.environ["RAY_DATA_PARQUET_FOOTER_NUM_ACTORS"] = "1"
     shard_coco(os.path.join(work, "annotations", "person_keypoints_train.json"), os.path.join(work, "train"),
                "s3://bench/shards", split="train", rows_per_file=50, show_progress=False)
     import logging

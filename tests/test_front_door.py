@@ -9,7 +9,7 @@ import tomllib
 import pytest
 
 from cdkd_ray.apps.environment_check import BASE_MODULES, DiskNeed, check_run_environment, claim_workdir
-from cdkd_ray.core.errors import CdkdError
+from cdkd_ray.core.errors import CdkdError, ConfigError
 from tests.conftest import REPO
 from tests.helpers import run_cli
 
@@ -60,3 +60,57 @@ def test_quickstart_with_a_busy_port_fails_before_any_work(tmp_path):
     assert proc.returncode == 2
     assert "is in use" in proc.stderr and "--serve-port" in proc.stderr
     assert not (workdir / "synth").exists() and not (workdir / "runs").exists()
+
+
+def test_resuming_a_run_with_other_settings_is_refused_with_a_diff(synth_shards, tmp_path):
+    """The check runs before Ray starts: an existing run of the name with another lr and teacher is refused."""
+    import json
+
+    import torch
+
+    from cdkd_ray.core.config import load_config
+    from cdkd_ray.core.experiment import ExperimentConfig, RunKind, experiment_for
+    from cdkd_ray.core.models.pose_resnet import ModelConfig, PoseResNet
+    from cdkd_ray.core.run_identity import IDENTITY_FILE, RunConflict, run_identity
+    from cdkd_ray.core.shards import verified_manifests
+    from cdkd_ray.ray_adapters.train_driver import free_run_name, run_training
+    from cdkd_ray.core.storage import resolve
+
+    teacher = tmp_path / "teacher.pth"
+    torch.save(PoseResNet(ModelConfig()).state_dict(), teacher)
+    cfg = experiment_for(RunKind.CDKD, load_config(ExperimentConfig, "tiny"))
+    manifests = verified_manifests(synth_shards, ("train", "val"))
+    run_dir = tmp_path / "runs" / "cdkd"
+    run_dir.mkdir(parents=True)
+    old = run_identity(cfg, RunKind.CDKD, synth_shards, manifests, str(teacher))
+    old["config"]["train"]["lr"] = 0.01
+    old["teacher_digest"] = "0" * 64
+    (run_dir / IDENTITY_FILE).write_text(json.dumps(old))
+    with pytest.raises(RunConflict) as err:
+        run_training(load_config(ExperimentConfig, "tiny", ["train.epochs=9"]), RunKind.CDKD, synth_shards,
+                     str(tmp_path / "runs"), "cdkd", teacher_checkpoint=str(teacher))
+    message = str(err.value)
+    assert "config.train.lr: 0.01 -> 0.001" in message and "teacher_digest" in message
+    assert "train.epochs" not in message.split("\n    ")[1:]  # more epochs alone may resume
+    assert free_run_name(resolve(str(tmp_path / "runs")), "cdkd") == "cdkd-2"
+    with pytest.raises(ConfigError, match="not a valid name"):
+        run_training(cfg, RunKind.CDKD, synth_shards, str(tmp_path / "runs"), "../escape", str(teacher))
+
+
+def test_a_corrupt_part_fails_the_run_before_it_starts_naming_the_file(synth_dir, tmp_path):
+    from cdkd_ray.apps.recipes import shard_coco_dir
+    from cdkd_ray.core.config import load_config
+    from cdkd_ray.core.errors import DataValidationError
+    from cdkd_ray.core.experiment import ExperimentConfig, RunKind
+    from cdkd_ray.ray_adapters.train_driver import run_training
+    from tests.helpers import split_file
+
+    shards = shard_coco_dir(str(synth_dir), str(tmp_path / "shards"), rows_per_file=10)
+    part = split_file(shards, "train", "part")
+    data = bytearray(part.read_bytes())
+    data[len(data) // 3] ^= 0x01  # one flipped bit: still valid Parquet, wrong pixels
+    part.write_bytes(bytes(data))
+    with pytest.raises(DataValidationError) as err:
+        run_training(load_config(ExperimentConfig, "tiny"), RunKind.BASELINE, shards, str(tmp_path / "runs"), "b")
+    assert part.name in str(err.value) and "checksum mismatch" in str(err.value)
+    assert not (tmp_path / "runs" / "b").exists()

@@ -138,3 +138,25 @@ def test_every_command_has_help():
                     "train-teacher", "distill", "sweep", "serve"):
         proc = run_cli(command, "--help")
         assert proc.returncode == 0 and "usage: cdkd-ray " + command in proc.stdout
+
+
+@pytest.mark.parametrize("orientation", [6, 3])  # 90 degrees (swaps the displayed sides), 180 degrees
+def test_exif_orientation_is_ignored_by_the_check_and_the_decoder_alike(tmp_path, orientation):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from cdkd_ray.core.coco.images import decode_bgr, image_problem
+
+    pixels = np.zeros((60, 80, 3), np.uint8)
+    pixels[:10, :20] = 255  # a white block at the top left of the stored frame
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "JPEG", quality=95, exif=exif.tobytes())
+    data = buf.getvalue()
+    assert image_problem(data, 80, 60) is None  # the annotation's frame is the stored one
+    decoded = decode_bgr(data)
+    assert decoded.shape == (60, 80, 3)
+    assert decoded[:10, :20].mean() > 200 and decoded[-10:, -20:].mean() < 50  # not rotated

@@ -210,7 +210,7 @@ def _train_command(args: argparse.Namespace, teacher: bool) -> None:
     cfg = load_config(ExperimentConfig, args.config, args.overrides)
     kind = RunKind.TEACHER if teacher else distill_kind(cfg)
     summary = run_training(cfg, kind, args.data, args.storage, args.name or kind.value, getattr(args, "teacher", None),
-                           s3_endpoint=args.s3_endpoint, ray_address=args.address)
+                           s3_endpoint=args.s3_endpoint, ray_address=args.address, new_run=args.new_run)
 
     def human(r: dict) -> None:
         print(summary_line(r))
@@ -399,7 +399,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="preset (tiny, synth-cpu, coco-r18-256x192) or YAML path/s3:// URI (default synth-cpu)")
         p.add_argument("--data", required=True, help="shard root holding train/ and val/ (folder or s3://)")
         p.add_argument("--storage", required=True, help="where runs and checkpoints go (folder or s3://)")
-        p.add_argument("--name", help="run name; re-running the same name resumes it")
+        p.add_argument("--name", help="run name (default: the run kind); re-running the same name resumes it if "
+                                      "only the epochs or resources changed, and refuses otherwise")
+        p.add_argument("--new-run", action="store_true",
+                       help="start a fresh run beside an existing one of this name (NAME-2, NAME-3, ...)")
         _add_address(p)
         _add_s3_endpoint(p)
 

@@ -30,6 +30,7 @@ class DataConfig:
     detections: Optional[str] = None  # COCO detection results file for val (None: GT boxes)
     det_score_threshold: float = 0.0
     on_bad_image: Literal["skip", "fail"] = "skip"
+    verify_shards: bool = True  # check every part's size and SHA-256 against the manifest when a run starts
     images_per_block: int = 16  # images per map_batches call
     num_cpus_per_task: float = 0.5
     seed: Optional[int] = 0

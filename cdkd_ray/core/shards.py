@@ -15,7 +15,7 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Callable, Iterator, TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -33,6 +33,7 @@ from cdkd_ray.core.shard_publish import (
 )
 
 log = logging.getLogger("cdkd_ray.shards")
+T, R = TypeVar("T"), TypeVar("R")
 
 SCHEMA_VERSION = 1
 ANNOTATIONS = "annotations.json"
@@ -112,28 +113,29 @@ def _person_rows(persons) -> list[dict]:
     ]
 
 
-def read_in_order(folder: Location, names: list[str], workers: int = 8) -> Iterator[bytes | None]:
-    """The bytes of each file (None if missing), in order, read by a bounded pool of threads.
-
-    At most 2 x workers reads are in flight, so memory stays bounded however many images there are.
-    """
-    def read(name: str) -> bytes | None:
-        try:
-            return folder.join(name).read_bytes()
-        except FileNotFoundError:
-            return None
-
+def ordered_map(fn: Callable[[T], R], items: list[T], workers: int = 8) -> Iterator[R]:
+    """fn over items by a bounded pool of threads, results in input order; at most 2 x workers in flight."""
     if workers <= 1:
-        yield from map(read, names)
+        yield from map(fn, items)
         return
     with ThreadPoolExecutor(workers) as pool:
         pending = collections.deque()
-        for name in names:
-            pending.append(pool.submit(read, name))
+        for item in items:
+            pending.append(pool.submit(fn, item))
             if len(pending) >= 2 * workers:
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
+
+
+def _read_and_check(folder: Location, image_dir: str, im) -> tuple[bytes | None, str | None]:
+    """(bytes, None) of a complete image of the annotated size, else (None, the problem); runs in the pool."""
+    try:
+        data = folder.join(im.file_name).read_bytes()
+    except FileNotFoundError:
+        return None, f"image id={im.image_id}: file '{im.file_name}' not found in {image_dir}"
+    problem = image_problem(data, im.width, im.height)  # the decode releases the GIL: checks run in parallel too
+    return (None, f"image id={im.image_id}: file '{im.file_name}': {problem}") if problem else (data, None)
 
 
 def _write_parts(coco: CocoKeypointSet, images: Location, image_dir: str, split: str, writer: _PartWriter,
@@ -141,16 +143,11 @@ def _write_parts(coco: CocoKeypointSet, images: Location, image_dir: str, split:
     """Check and write every image; returns (problems, ids of bad images). Keeps scanning after a bad one."""
     problems: list[str] = list(coco.problems)
     bad_images: set[int] = set()
-    reads = read_in_order(images, [im.file_name for im in coco.images], read_workers)
-    for im, data in tqdm(zip(coco.images, reads), total=len(coco.images), desc=f"shard {split}", unit="img",
-                         disable=not show_progress):
-        if data is None:
-            problems.append(f"image id={im.image_id}: file '{im.file_name}' not found in {image_dir}")
-            bad_images.add(im.image_id)
-            continue
-        problem = image_problem(data, im.width, im.height)
+    reads = ordered_map(lambda im: _read_and_check(images, image_dir, im), coco.images, read_workers)
+    for im, (data, problem) in tqdm(zip(coco.images, reads), total=len(coco.images), desc=f"shard {split}",
+                                    unit="img", disable=not show_progress):
         if problem:
-            problems.append(f"image id={im.image_id}: file '{im.file_name}': {problem}")
+            problems.append(problem)
             bad_images.add(im.image_id)
             continue
         if bad_images and not skip_bad:
@@ -279,35 +276,44 @@ def shard_files(root_uri: str, split: str, s3_endpoint: str | None = None) -> tu
     return location, [location.join(f["name"]).path for f in manifest["files"]]
 
 
-def verify_split(location: Location, manifest: dict, hashes: bool = True) -> list[str]:
-    """Check every part file against the manifest; returns the problems found."""
+def _stream_sha256(part: Location) -> tuple[int, str]:
+    """(size, SHA-256) of a file, read once in 8 MiB chunks."""
+    h, size = hashlib.sha256(), 0
+    with part.fs.open(part.path, "rb") as f:
+        for chunk in iter(lambda: f.read(8 << 20), b""):
+            h.update(chunk)
+            size += len(chunk)
+    return size, h.hexdigest()
+
+
+def _part_problems(location: Location, entry: dict, hashes: bool) -> list[str]:
+    """What is wrong with one part file against its manifest entry (size, checksum, rows, columns)."""
+    part = location.join(entry["name"])
+    if not part.exists():
+        return [f"{entry['name']}: missing"]
+    if hashes:
+        size, digest = _stream_sha256(part)
+        if size != entry["bytes"] or digest != entry["sha256"]:
+            return [f"{entry['name']}: checksum mismatch (corrupt or modified): {size} bytes, manifest says "
+                    f"{entry['bytes']}"]
+    try:
+        with part.fs.open(part.path, "rb") as f:
+            meta = pq.ParquetFile(f).metadata  # the footer only
+    except Exception as exc:  # noqa: BLE001 - report any parquet failure as a problem
+        return [f"{entry['name']}: unreadable parquet ({exc})"]
     problems = []
-    for entry in manifest["files"]:
-        part = location.join(entry["name"])
-        if not part.exists():
-            problems.append(f"{entry['name']}: missing")
-            continue
-        data = part.read_bytes() if hashes else None
-        if hashes:
-            if len(data) != entry["bytes"] or hashlib.sha256(data).hexdigest() != entry["sha256"]:
-                problems.append(f"{entry['name']}: checksum mismatch (corrupt or modified)")
-                continue
-            try:
-                meta = pq.ParquetFile(pa.BufferReader(data)).metadata
-            except Exception as exc:  # noqa: BLE001 - report any parquet failure as a problem
-                problems.append(f"{entry['name']}: unreadable parquet ({exc})")
-                continue
-        else:
-            with part.fs.open(part.path, "rb") as f:
-                try:
-                    meta = pq.ParquetFile(f).metadata
-                except Exception as exc:  # noqa: BLE001
-                    problems.append(f"{entry['name']}: unreadable parquet ({exc})")
-                    continue
-        if meta.num_rows != entry["rows"]:
-            problems.append(f"{entry['name']}: {meta.num_rows} rows, manifest says {entry['rows']}")
-        if meta.schema.to_arrow_schema().names != SHARD_SCHEMA.names:
-            problems.append(f"{entry['name']}: columns differ from schema v{SCHEMA_VERSION}")
+    if meta.num_rows != entry["rows"]:
+        problems.append(f"{entry['name']}: {meta.num_rows} rows, manifest says {entry['rows']}")
+    if meta.schema.to_arrow_schema().names != SHARD_SCHEMA.names:
+        problems.append(f"{entry['name']}: columns differ from schema v{SCHEMA_VERSION}")
+    return problems
+
+
+def verify_split(location: Location, manifest: dict, hashes: bool = True, workers: int = 8) -> list[str]:
+    """Check every part file (in parallel, each read once) and the annotation copy against the manifest."""
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        per_part = pool.map(lambda entry: _part_problems(location, entry, hashes), manifest["files"])
+        problems = [p for found in per_part for p in found]
     ann = location.join(manifest["annotation_file"])
     if not ann.exists():
         problems.append(f"{manifest['annotation_file']}: missing")
@@ -316,6 +322,21 @@ def verify_split(location: Location, manifest: dict, hashes: bool = True) -> lis
     if sum(f["rows"] for f in manifest["files"]) != manifest["num_images"]:
         problems.append("row counts of the files do not add up to num_images")
     return problems
+
+
+def verified_manifests(root_uri: str, splits: tuple[str, ...], s3_endpoint: str | None = None,
+                       hashes: bool = True) -> dict[str, dict]:
+    """The manifests of `splits`, after checking every file they list; a DataValidationError names each bad file."""
+    root = resolve(root_uri, s3_endpoint)
+    manifests, problems = {}, []
+    for split in splits:
+        location = root.join(split)
+        manifests[split] = read_manifest(location)
+        problems += [f"{location.uri}/{p}" for p in verify_split(location, manifests[split], hashes)]
+    if problems:
+        raise DataValidationError(f"the shards at {root.uri} do not match their manifests (run `cdkd-ray shards-info "
+                                  f"{root.uri}`, re-shard the affected split)", problems)
+    return manifests
 
 
 def _split_info(location: Location, manifest: dict, hashes: bool) -> dict:

@@ -12,6 +12,7 @@ import yaml
 
 from cdkd_ray.core.config import apply_overrides, from_dict, load_config, read_yaml_mapping, to_dict
 from cdkd_ray.core.checkpoint import CHECKPOINT_PREFIX, STATE_FILE
+from cdkd_ray.core.names import check_name
 from cdkd_ray.core.selection import SCORE_KEY, best_by_score, selection_score
 from cdkd_ray.core.storage import Location, absolute_uri, pyarrow_filesystem, resolve
 from cdkd_ray.core.errors import CdkdError
@@ -45,6 +46,7 @@ def _trial_fn(config: dict) -> None:
 
 def _prepare(sweep: SweepConfig, storage_uri: str, name: str, resume: bool, s3_endpoint: str | None):
     """(base experiment, storage, sweep dir), refusing to mix a new sweep into an old one of the same name."""
+    check_name(name, "sweep name")
     experiment = load_config(ExperimentConfig, sweep.experiment, sweep.experiment_overrides)
     experiment.train.num_workers = sweep.trial_workers
     experiment.train.cpus_per_worker = sweep.trial_cpus_per_worker

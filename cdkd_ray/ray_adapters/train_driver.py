@@ -8,8 +8,11 @@ from cdkd_ray.core.checkpoint import STATE_FILE
 from cdkd_ray.core.config import to_dict
 from cdkd_ray.core.errors import CdkdError
 from cdkd_ray.core.experiment import ExperimentConfig, RunKind, experiment_for
+from cdkd_ray.core.names import check_name
+from cdkd_ray.core.run_identity import claim_run, run_identity
 from cdkd_ray.core.run_outputs import write_run_outputs
 from cdkd_ray.core.selection import SCORE_KEY
+from cdkd_ray.core.shards import verified_manifests
 from cdkd_ray.core.storage import Location, absolute_uri, pyarrow_filesystem, resolve
 
 
@@ -56,11 +59,31 @@ def _run_config(cfg: ExperimentConfig, name: str, storage: Location, callbacks):
     )
 
 
+def free_run_name(storage: Location, name: str) -> str:
+    """`name`, or `name-2`, `name-3`, ... : the first that no run in `storage` uses yet."""
+    candidate, n = name, 1
+    while storage.join(candidate).exists():
+        n += 1
+        candidate = f"{name}-{n}"
+    return candidate
+
+
+def _claim(cfg: ExperimentConfig, kind: RunKind, data_uri: str, storage: Location, name: str,
+           teacher_checkpoint: str | None, s3_endpoint: str | None) -> None:
+    """Check the shards against their manifests and that `name` is this run (new, or resumable); record it."""
+    manifests = verified_manifests(data_uri, ("train", "val"), s3_endpoint, hashes=cfg.data.verify_shards)
+    claim_run(storage.join(name), name, run_identity(cfg, kind, data_uri, manifests, teacher_checkpoint))
+
+
 def run_training(cfg: ExperimentConfig, kind: RunKind, data_uri: str, storage_uri: str, name: str,
                  teacher_checkpoint: str | None = None, s3_endpoint: str | None = None,
                  ray_address: str | None = None, pid_dir: str | None = None, callbacks=None,
-                 write_outputs: bool = True) -> dict:
-    """Train (or resume) one run of `kind`; returns its summary (best checkpoint and AP, output paths)."""
+                 write_outputs: bool = True, new_run: bool = False) -> dict:
+    """Train (or resume) one run of `kind`; returns its summary (best checkpoint and AP, output paths).
+
+    Re-running a name resumes it only if the run is the same (see run_identity); `new_run` starts a fresh
+    run beside it under the first free `name-N`.
+    """
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -70,9 +93,11 @@ def run_training(cfg: ExperimentConfig, kind: RunKind, data_uri: str, storage_ur
     teacher_checkpoint = teacher_checkpoint or cfg.teacher.checkpoint
     teacher_checkpoint = absolute_uri(teacher_checkpoint) if teacher_checkpoint and kind.distills else None
     teacher_arch, teacher_deconv = _teacher_shape(kind, teacher_checkpoint)
-    ensure_ray(ray_address)
     storage = resolve(storage_uri, s3_endpoint)
     storage.makedirs()
+    name = free_run_name(storage, check_name(name, "run name")) if new_run else check_name(name, "run name")
+    _claim(cfg, kind, data_uri, storage, name, teacher_checkpoint, s3_endpoint)
+    ensure_ray(ray_address)
     trainer = TorchTrainer(
         _train_fn,
         train_loop_config={"experiment": to_dict(cfg), "kind": kind.value, "data_uri": data_uri,

@@ -1,4 +1,9 @@
-"""Decoding and checking encoded images (JPEG/PNG bytes): one decode, one notion of "complete"."""
+"""Decoding and checking encoded images (JPEG/PNG bytes): one decode, one notion of "complete".
+
+EXIF orientation: training data is decoded as stored, ignoring the EXIF orientation tag, because COCO
+annotations (and the COCO tools) use the stored pixel frame; the header check and the decoder agree on
+that frame. Serving may apply the orientation (a photo as the user sees it) with `apply_orientation`.
+"""
 
 from __future__ import annotations
 
@@ -28,7 +33,7 @@ def jpeg_is_complete(data: bytes) -> bool:
     return last_scan >= 0 and data.find(JPEG_EOI, last_scan) >= 0
 
 
-def decode_checked(data: bytes) -> tuple[np.ndarray | None, str | None]:
+def decode_checked(data: bytes, apply_orientation: bool = False) -> tuple[np.ndarray | None, str | None]:
     """(BGR uint8 image, None) or (None, why not): empty, not JPEG/PNG, truncated JPEG, undecodable."""
     if not data:
         return None, "empty file"
@@ -37,14 +42,15 @@ def decode_checked(data: bytes) -> tuple[np.ndarray | None, str | None]:
         return None, "not a JPEG or PNG image"
     if fmt == "jpeg" and not jpeg_is_complete(data):
         return None, "truncated JPEG (no end-of-image marker after the last scan)"
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    flags = cv2.IMREAD_COLOR if apply_orientation else cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
     if image is None:
         return None, f"cannot be decoded as {fmt.upper()}"
     return image, None
 
 
 def decode_bgr(data: bytes) -> np.ndarray | None:
-    """Decode image bytes to a BGR uint8 array (None when incomplete or undecodable)."""
+    """Decode image bytes, as stored (EXIF orientation ignored), to BGR uint8 (None when incomplete or undecodable)."""
     return decode_checked(data)[0]
 
 
