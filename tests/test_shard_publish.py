@@ -173,3 +173,19 @@ def test_split_names_are_names_not_paths(synth_dir, tmp_path, bad):
         shard_coco(ann, images, str(tmp_path / "out"), split=bad, show_progress=False)
     assert (tmp_path / "keep.txt").read_text() == "precious"
     assert not os.path.exists(tmp_path / "out") or not os.listdir(tmp_path / "out")
+
+
+def test_best_student_export_to_s3_is_published_pointer_last(s3_bucket, tmp_path):
+    from cdkd_ray.core.models.loading import load_pose_model
+    from cdkd_ray.ray_adapters.sweep import _export_best
+    from tests.helpers import random_student_export
+
+    random_student_export(str(tmp_path))
+    target = resolve(f"{s3_bucket}/sweep/best_student")
+    _export_best(str(tmp_path / "ckpt"), target)
+    first = json.loads(target.join("export.json").read_bytes())["version"]
+    _export_best(str(tmp_path / "ckpt"), target)  # a re-export replaces it
+    second = json.loads(target.join("export.json").read_bytes())["version"]
+    assert first != second and sorted(target.listdir_names()) == ["export.json", second]
+    loaded = load_pose_model(target.uri)
+    assert loaded.card["input_size"] == [128, 96] and loaded.model_cfg.arch == "resnet18"

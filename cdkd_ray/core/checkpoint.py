@@ -24,6 +24,7 @@ STUDENT_FILE = "student.pt"
 CARD_FILE = "model_card.json"
 ONNX_FILE = "student.onnx"
 EXPORT_FILES = (STUDENT_FILE, CARD_FILE, ONNX_FILE)
+EXPORT_POINTER = "export.json"  # object storage: names the version folder of a published export
 
 
 def checkpoint_dir_name(epoch: int) -> str:

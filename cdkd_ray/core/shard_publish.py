@@ -87,9 +87,9 @@ def version_of(manifest: dict) -> str | None:
     return next(iter(prefixes)) if len(prefixes) == 1 else None
 
 
-def read_pointer(split_dir: Location) -> dict | None:
-    """The published manifest, or None when the split has none (or an unreadable one)."""
-    path = split_dir.join(MANIFEST)
+def read_pointer(split_dir: Location, name: str = MANIFEST) -> dict | None:
+    """The published manifest (or another pointer object), or None when there is none (or an unreadable one)."""
+    path = split_dir.join(name)
     try:
         return json.loads(path.read_bytes())
     except (FileNotFoundError, json.JSONDecodeError):

@@ -11,7 +11,7 @@ import tempfile
 import yaml
 
 from cdkd_ray.core.config import apply_overrides, from_dict, load_config, read_yaml_mapping, to_dict
-from cdkd_ray.core.checkpoint import CHECKPOINT_PREFIX, STATE_FILE
+from cdkd_ray.core.checkpoint import CHECKPOINT_PREFIX, EXPORT_POINTER, STATE_FILE
 from cdkd_ray.core.names import check_name
 from cdkd_ray.core.selection import SCORE_KEY, best_by_score, selection_score
 from cdkd_ray.core.storage import Location, absolute_uri, pyarrow_filesystem, resolve
@@ -161,16 +161,23 @@ def write_sweep_outputs(results, sweep: SweepConfig, sweep_dir: Location, experi
 
 
 def _export_best(checkpoint: str, export_dir: Location) -> Location:
+    """The best student, exported; on object storage published pointer-last (export.json names the version)."""
     from cdkd_ray.core.models.export import export_student
+    from cdkd_ray.core.shard_publish import new_version, read_pointer
 
     if not export_dir.is_remote:
         export_student(checkpoint, export_dir.path)
         return export_dir
+    version = f"v-{new_version()}"
+    previous = read_pointer(export_dir, EXPORT_POINTER)
     with tempfile.TemporaryDirectory() as tmp:
         export_student(checkpoint, os.path.join(tmp, "best_student"))
         for fname in os.listdir(os.path.join(tmp, "best_student")):
             with open(os.path.join(tmp, "best_student", fname), "rb") as f:
-                export_dir.join(fname).write_bytes(f.read())
+                export_dir.join(version, fname).write_bytes(f.read())
+    export_dir.join(EXPORT_POINTER).write_atomic(json.dumps({"version": version}).encode())
+    if previous:
+        export_dir.join(previous["version"]).remove()
     return export_dir
 
 

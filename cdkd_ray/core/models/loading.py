@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from cdkd_ray.core.checkpoint import CARD_FILE, MODEL_FILE, STATE_FILE, STUDENT_FILE
+from cdkd_ray.core.checkpoint import CARD_FILE, EXPORT_POINTER, MODEL_FILE, STATE_FILE, STUDENT_FILE
 from cdkd_ray.core.errors import CheckpointError
 from cdkd_ray.core.models.pose_resnet import ModelConfig, PoseResNet
 
@@ -119,6 +119,14 @@ def build_from_state(state: dict[str, torch.Tensor], cfg: ModelConfig, source: s
     return model
 
 
+def follow_export_pointer(location):
+    """An export published to object storage keeps its files under a version folder that EXPORT_POINTER names."""
+    pointer = location.join(EXPORT_POINTER)
+    if not pointer.exists():
+        return location
+    return location.join(json.loads(pointer.read_bytes())["version"])
+
+
 def load_pose_model(path: str, channel_order: str | None = None) -> LoadedModel:
     """A PoseResNet from a cdkd-ray checkpoint dir, a student export dir, or an external file."""
     card: dict = {}
@@ -126,6 +134,7 @@ def load_pose_model(path: str, channel_order: str | None = None) -> LoadedModel:
 
     location = resolve(path)
     if location.fs.isdir(location.path):
+        location = follow_export_pointer(location)
         if location.join(STUDENT_FILE).exists():
             card_file = location.join(CARD_FILE)
             card = json.loads(card_file.read_bytes()) if card_file.exists() else {}
