@@ -20,7 +20,6 @@ import torch
 
 from cdkd_ray.core.checkpoint import load_checkpoint
 from cdkd_ray.core.config import to_dict
-from cdkd_ray.core.evaluation import evaluate_keypoints, predictions_to_results
 from cdkd_ray.core.experiment import ExperimentConfig, RunKind
 from cdkd_ray.core.losses import CDKDLoss, DistillStudent, heatmap_mse
 from cdkd_ray.core.models.inference import normalize_images, predict_keypoints
@@ -175,6 +174,8 @@ def is_eval_epoch(cfg: ExperimentConfig, epoch: int) -> bool:
 def evaluate(model: torch.nn.Module, cfg: ExperimentConfig, batches: Iterable[dict], gt: dict,
              device: torch.device | str = "cpu") -> dict:
     """COCO keypoint AP stats of `model` (the bare student) over a whole val stream."""
+    from cdkd_ray.core.evaluation import evaluate_keypoints, predictions_to_results  # pycocotools: only to evaluate
+
     model.eval()
     parts: dict[str, list] = {k: [] for k in ("keypoints", "scores", "image_id", "box_score", "area")}
     for batch in batches:
