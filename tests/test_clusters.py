@@ -38,13 +38,15 @@ def test_kuberay_manifests_and_serve_configs_parse():
     kinds = {}
     for path in MANIFESTS:
         doc = yaml.safe_load(path.read_text())
+        if doc["kind"] == "ServiceAccount":
+            continue
         assert doc["apiVersion"] == "ray.io/v1"
         kinds[doc["kind"]] = doc
     assert set(kinds) == {"RayCluster", "RayJob", "RayService"}
     assert kinds["RayCluster"]["spec"]["enableInTreeAutoscaling"] is True
     serve_cfg = ServeDeploySchema.model_validate(yaml.safe_load(kinds["RayService"]["spec"]["serveConfigV2"]))
     assert serve_cfg.applications[0].import_path == "cdkd_ray.ray_adapters.serve.app:app_builder"
-    example = yaml.safe_load((REPO / "cdkd_ray" / "serve" / "serve_config.example.yaml").read_text())
+    example = yaml.safe_load((REPO / "cdkd_ray" / "ray_adapters" / "serve" / "serve_config.example.yaml").read_text())
     ServeDeploySchema.model_validate(example)
     from cdkd_ray.core.config import from_dict
     from cdkd_ray.ray_adapters.serve.app import ServeConfig
@@ -61,6 +63,134 @@ def test_every_entrypoint_names_an_existing_script():
         assert (REPO / script).is_file(), script
         proc = subprocess.run([sys.executable, str(REPO / script), "--help"], capture_output=True, text=True, timeout=60)
         assert proc.returncode == 0 and "usage: cdkd-ray" in proc.stdout
+
+
+def _docs() -> list[dict]:
+    return [yaml.safe_load(p.read_text()) for p in MANIFESTS]
+
+
+def _cluster_specs() -> list[tuple[str, dict]]:
+    from cdkd_ray.core.preflight import kuberay_cluster_spec
+
+    return [(d["kind"], kuberay_cluster_spec(d)) for d in _docs() if d["kind"] != "ServiceAccount"]
+
+
+def _containers(spec: dict):
+    """(group name, container) of the head and every worker group of a RayCluster spec."""
+    groups = [("head", spec["headGroupSpec"])] + [(g["groupName"], g) for g in spec.get("workerGroupSpecs", [])]
+    for name, group in groups:
+        for container in group["template"]["spec"]["containers"]:
+            yield name, group, container
+
+
+def _project_versions() -> tuple[str, str, str]:
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    ray_pin = next(d for d in project["dependencies"] if d.startswith("ray["))
+    return project["version"], re.search(r">=(\d+\.\d+)", ray_pin).group(1), project["requires-python"]
+
+
+def test_head_ports_let_the_operator_reach_the_dashboard():
+    # KubeRay exposes exactly the declared ports once any is declared: the dashboard must be among them,
+    # or serveConfigV2 is never applied and the Jobs API is unreachable.
+    for kind, spec in _cluster_specs():
+        ports = {p["containerPort"] for name, _group, c in _containers(spec) if name == "head"
+                 for p in c.get("ports", [])}
+        if ports:
+            assert {6379, 8265, 10001} <= ports, (kind, ports)
+        if kind == "RayService":
+            assert 8000 in ports
+
+
+def test_every_service_account_used_is_shipped():
+    defined = {d["metadata"]["name"] for d in _docs() if d["kind"] == "ServiceAccount"}
+    used = {g["template"]["spec"].get("serviceAccountName") for _, spec in _cluster_specs()
+            for _, g, _c in _containers(spec)} - {None}
+    assert used and used <= defined, used - defined
+
+
+def test_images_are_the_ones_the_dockerfile_builds_and_gpu_groups_get_the_gpu_image():
+    version, ray_version, _ = _project_versions()
+    makefile = (REPO / "Makefile").read_text()
+    assert "cdkd-ray:$(VERSION)" in makefile and "VARIANT=-gpu" in makefile and "$(IMAGE)-gpu" in makefile
+    tag = re.compile(rf"^[\w.\-/]+/cdkd-ray:{re.escape(version)}(-gpu)?$")
+    for kind, spec in _cluster_specs():
+        assert spec["rayVersion"].startswith(ray_version + ".")
+        for group, _, container in _containers(spec):
+            limits = container["resources"]["limits"]
+            assert tag.match(container["image"]), (kind, group, container["image"])
+            gpu = "nvidia.com/gpu" in limits
+            assert container["image"].endswith("-gpu") == gpu, (kind, group)
+            if gpu:  # Kubernetes needs requests == limits for GPUs when both are set
+                assert container["resources"].get("requests", {}).get("nvidia.com/gpu", limits["nvidia.com/gpu"]) \
+                    == limits["nvidia.com/gpu"]
+    aws = yaml.safe_load((REPO / "clusters" / "aws.yaml").read_text())
+    assert tag.match(aws["docker"]["image"]) and aws["docker"]["worker_image"].endswith("-gpu")
+    assert aws["available_node_types"]["cpu_workers"]["docker"]["worker_image"] == aws["docker"]["image"]
+    assert not aws["setup_commands"] and "--ulimit nofile=65536:65536" in aws["docker"]["run_options"]
+    assert all("ulimit -n 65536" in c for c in aws["head_start_ray_commands"][1:] + aws["worker_start_ray_commands"][1:])
+
+
+def test_dockerfile_base_matches_the_project_ray_and_python():
+    version, ray_version, requires_python = _project_versions()
+    text = (REPO / "docker" / "Dockerfile").read_text()
+    base_ray = re.search(r"ARG RAY_VERSION=(\S+)", text).group(1)
+    python_tag = re.search(r"ARG PYTHON_TAG=py3(\d+)", text).group(1)
+    assert base_ray.startswith(ray_version + ".")
+    assert int(python_tag) >= int(re.search(r">=3\.(\d+)", requires_python).group(1))
+    assert "FROM rayproject/ray:${RAY_VERSION}-${PYTHON_TAG}${VARIANT}" in text
+    assert ".git" in (REPO / ".dockerignore").read_text().split()
+
+
+def test_the_rayjob_runs_from_the_image_with_a_deadline_and_a_cpu_group():
+    job = next(d for d in _docs() if d["kind"] == "RayJob")["spec"]
+    assert "runtimeEnvYAML" not in job or "working_dir" not in job["runtimeEnvYAML"]
+    assert job["shutdownAfterJobFinishes"] is True and job["activeDeadlineSeconds"] > 0
+    groups = job["rayClusterSpec"]["workerGroupSpecs"]
+    assert any("nvidia.com/gpu" not in g["template"]["spec"]["containers"][0]["resources"]["limits"] for g in groups)
+    assert job["entrypoint"].startswith("cdkd-ray ")
+
+
+@pytest.mark.parametrize("cluster", ["aws.yaml", "kuberay/raycluster.yaml", "kuberay/rayjob-distill.yaml"])
+def test_preflight_accepts_the_paper_preset_and_refuses_the_old_pool_shape(cluster):
+    from tests.helpers import run_cli
+
+    ok = run_cli("preflight", "--config", "coco-r18-256x192", "--cluster", REPO / "clusters" / cluster, "--json")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    old = run_cli("preflight", "--config", "coco-r18-256x192", "--cluster", REPO / "clusters" / cluster,
+                  "teacher.placement=pool", "teacher.num_gpus=0.5")
+    assert old.returncode == 2
+    assert "CANNOT RUN: teacher pool actor" in old.stdout and "teacher.placement=worker" in old.stdout
+
+
+def test_preflight_of_a_sweep_and_of_serving():
+    from tests.helpers import last_json, run_cli
+
+    sweep = last_json(run_cli("preflight", "--sweep", REPO / "examples" / "sweep-gpu.yaml", "--cluster",
+                              REPO / "clusters" / "aws.yaml", "--json"))
+    assert sweep["ok"] and sweep["asked"]["GPU"] == 4
+    too_many = run_cli("preflight", "--sweep", REPO / "examples" / "sweep-gpu.yaml", "--cluster",
+                       REPO / "clusters" / "aws.yaml", "max_concurrent_trials=5")
+    assert too_many.returncode == 2 and "trial 5: train worker" in too_many.stdout
+    serve = run_cli("preflight", "--serve", "--cluster", REPO / "clusters" / "kuberay" / "rayservice.yaml",
+                    "min_replicas=40", "max_replicas=40", "num_cpus=1")
+    assert serve.returncode == 2 and "Serve pose replica" in serve.stdout
+
+
+def test_preflight_against_the_live_local_ray(ray_session):
+    from cdkd_ray.core.config import load_config
+    from cdkd_ray.core.experiment import ExperimentConfig, RunKind
+    from cdkd_ray.core.preflight import check_fits, training_bundles
+    from cdkd_ray.ray_adapters.live_cluster import connected_shape, preflight_connected
+
+    shape = connected_shape()
+    assert not shape.exact and shape.totals()["CPU"] >= 2
+    tiny = load_config(ExperimentConfig, "tiny")
+    assert check_fits(training_bundles(tiny, RunKind.CDKD), shape)["ok"]
+    huge = load_config(ExperimentConfig, "tiny", ["train.num_workers=64"])
+    report = preflight_connected(training_bundles(huge, RunKind.BASELINE))  # warns: an autoscaler may add nodes
+    assert not report["ok"] and "train worker" in report["missing"][0]
 
 
 @pytest.mark.timeout(480)

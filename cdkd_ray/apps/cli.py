@@ -202,6 +202,17 @@ def cmd_export(args: argparse.Namespace) -> None:
     emit(result, args.json, human)
 
 
+def _preflight_if_connected(args: argparse.Namespace, bundles) -> None:
+    """On a cluster (--address or $RAY_ADDRESS), refuse a job that can never be scheduled there."""
+    if getattr(args, "no_preflight", False) or not (args.address or os.environ.get("RAY_ADDRESS")):
+        return
+    from cdkd_ray.ray_adapters.live_cluster import preflight_connected
+    from cdkd_ray.ray_adapters.runtime import ensure_ray
+
+    ensure_ray(args.address)
+    preflight_connected(bundles)
+
+
 def _train_command(args: argparse.Namespace, teacher: bool) -> None:
     from cdkd_ray.core.config import load_config
     from cdkd_ray.core.experiment import ExperimentConfig, RunKind, distill_kind
@@ -209,6 +220,9 @@ def _train_command(args: argparse.Namespace, teacher: bool) -> None:
 
     cfg = load_config(ExperimentConfig, args.config, args.overrides)
     kind = RunKind.TEACHER if teacher else distill_kind(cfg)
+    from cdkd_ray.core.preflight import training_bundles
+
+    _preflight_if_connected(args, training_bundles(cfg, kind))
     summary = run_training(cfg, kind, args.data, args.storage, args.name or kind.value, getattr(args, "teacher", None),
                            s3_endpoint=args.s3_endpoint, ray_address=args.address, new_run=args.new_run)
 
@@ -237,6 +251,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from cdkd_ray.core.config import apply_overrides
 
     cfg = from_dict(ServeConfig, apply_overrides(values, args.overrides), "serve")
+    from cdkd_ray.core.preflight import serve_bundles
+
+    _preflight_if_connected(args, serve_bundles(cfg.min_replicas, cfg.num_cpus))
     run_serve(cfg, args.host, args.port, address=args.address, block=not args.detach,
               proxy_location=args.proxy_location)
 
@@ -273,6 +290,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     from cdkd_ray.ray_adapters.sweep import load_sweep_config, run_sweep
 
     sweep = load_sweep_config(args.config, args.overrides)
+    _preflight_if_connected(args, _sweep_bundles(sweep))
     result = run_sweep(sweep, args.data, args.storage, args.name, args.teacher, resume=args.resume,
                        s3_endpoint=args.s3_endpoint, ray_address=args.address)
 
@@ -286,6 +304,56 @@ def cmd_sweep(args: argparse.Namespace) -> None:
         print(f"table {r['csv']}\nplot {r['plot']}\nbest config {r['best_config']}\nbest student {r['best_student']}")
 
     emit({k: v for k, v in result.items()}, args.json, human)
+
+
+def _sweep_bundles(sweep):
+    from cdkd_ray.core.config import load_config
+    from cdkd_ray.core.experiment import ExperimentConfig, distill_kind
+    from cdkd_ray.core.preflight import sweep_bundles
+
+    experiment = load_config(ExperimentConfig, sweep.experiment, sweep.experiment_overrides)
+    experiment.train.num_workers = sweep.trial_workers
+    experiment.train.cpus_per_worker = sweep.trial_cpus_per_worker
+    return sweep_bundles(experiment, distill_kind(experiment), sweep.max_concurrent_trials)
+
+
+def _preflight_bundles(args: argparse.Namespace):
+    """The bundles of the job named by --config/--kind, --sweep or --serve."""
+    from cdkd_ray.core.config import apply_overrides, from_dict, load_config
+    from cdkd_ray.core.experiment import ExperimentConfig, RunKind
+    from cdkd_ray.core.preflight import serve_bundles, training_bundles
+
+    if args.sweep:
+        from cdkd_ray.ray_adapters.sweep import load_sweep_config
+
+        return _sweep_bundles(load_sweep_config(args.sweep, args.overrides))
+    if args.serve:
+        from cdkd_ray.ray_adapters.serve.app import ServeConfig
+
+        cfg = from_dict(ServeConfig, apply_overrides({"model_uri": "preflight"}, args.overrides), "serve")
+        return serve_bundles(cfg.min_replicas, cfg.num_cpus)
+    cfg = load_config(ExperimentConfig, args.config, args.overrides)
+    return training_bundles(cfg, RunKind(args.kind))
+
+
+def cmd_preflight(args: argparse.Namespace) -> None:
+    from cdkd_ray.core.preflight import check_fits, format_report, load_cluster_shape
+
+    bundles = _preflight_bundles(args)
+    if args.cluster:
+        from cdkd_ray.core.config import read_yaml_documents
+
+        docs = [d for d in read_yaml_documents(args.cluster) if d.get("kind") != "ServiceAccount"]
+        report = check_fits(bundles, load_cluster_shape(docs[0], args.cluster))
+    else:
+        from cdkd_ray.ray_adapters.live_cluster import connected_shape
+        from cdkd_ray.ray_adapters.runtime import ensure_ray
+
+        ensure_ray(args.address)
+        report = check_fits(bundles, connected_shape())
+    emit(report, args.json, lambda r: print(format_report(r)))
+    if not report["ok"] and report["exact"]:
+        raise SystemExit(2)
 
 
 def cmd_cluster(args: argparse.Namespace) -> None:
@@ -332,6 +400,11 @@ def _add_s3_endpoint(p: argparse.ArgumentParser) -> None:
 def _add_address(p: argparse.ArgumentParser, help_text: str = "Ray cluster address (default: $RAY_ADDRESS, "
                                                              "else a local Ray)") -> None:
     p.add_argument("--address", help=help_text)
+
+
+def _add_no_preflight(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-preflight", action="store_true",
+                   help="on a cluster, skip the check that the job's bundles can ever be scheduled")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -404,6 +477,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--new-run", action="store_true",
                        help="start a fresh run beside an existing one of this name (NAME-2, NAME-3, ...)")
         _add_address(p)
+        _add_no_preflight(p)
         _add_s3_endpoint(p)
 
     p = add("train-teacher", cmd_train_teacher, "Supervised pose training of the teacher (teacher.arch) on Ray Train.")
@@ -422,6 +496,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", required=True, help="teacher checkpoint for every trial")
     p.add_argument("--resume", action="store_true", help="continue an interrupted sweep of the same name")
     _add_address(p)
+    _add_no_preflight(p)
     _add_s3_endpoint(p)
 
     p = add("serve", cmd_serve, "Serve a student export over HTTP with Ray Serve (batching, autoscaling).")
@@ -433,6 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-replicas", type=int, default=1)
     p.add_argument("--max-replicas", type=int, default=2)
     _add_address(p)
+    _add_no_preflight(p)
     p.add_argument("--detach", action="store_true",
                    help="deploy and return (the app keeps running on the cluster; for Ray Jobs)")
     p.add_argument("--proxy-location", choices=["EveryNode", "HeadOnly"], default="EveryNode",
@@ -456,6 +532,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait-nodes", action="store_true",
                    help="also wait for the autoscaler to remove the worker nodes added under load")
     p.add_argument("--out", default="load-test", help="folder for replicas.csv, replicas.png, load_test.json")
+
+    p = add("preflight", cmd_preflight,
+            "Can a job ever be scheduled on a cluster? Its bundles against the cluster at its largest.")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides of the job's config")
+    job = p.add_mutually_exclusive_group()
+    job.add_argument("--config", default="coco-r18-256x192", help="experiment preset or YAML (default: the paper's)")
+    job.add_argument("--sweep", help="a sweep YAML (its concurrent trials)")
+    job.add_argument("--serve", action="store_true", help="the Serve app (KEY=VALUE: ServeConfig overrides)")
+    p.add_argument("--kind", choices=["teacher", "baseline", "cdkd"], default="cdkd", help="the run (default cdkd)")
+    p.add_argument("--cluster", help="a cluster-launcher YAML or a KubeRay RayCluster/RayJob/RayService manifest "
+                                     "(default: the cluster at --address / $RAY_ADDRESS)")
+    _add_address(p)
 
     p = add("cluster", cmd_cluster,
             "Start, inspect or stop a local autoscaling Ray cluster (fake multi-node provider, loopback only).")

@@ -194,6 +194,22 @@ def read_yaml_mapping(name_or_path: str) -> dict:
     return data
 
 
+def read_yaml_documents(path_or_uri: str) -> list[dict]:
+    """Every mapping in a (multi-document) YAML file, e.g. Kubernetes manifests."""
+    from cdkd_ray.core.storage import resolve
+
+    try:
+        docs = list(yaml.safe_load_all(resolve(path_or_uri).read_bytes().decode()))
+    except FileNotFoundError:
+        raise ConfigError(f"{path_or_uri}: no such file") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path_or_uri}: invalid YAML: {exc}") from None
+    docs = [d for d in docs if isinstance(d, dict)]
+    if not docs:
+        raise ConfigError(f"{path_or_uri}: no YAML mapping in it")
+    return docs
+
+
 def _deep_merge(base: dict, top: dict) -> dict:
     out = dict(base)
     for key, value in top.items():
