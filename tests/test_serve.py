@@ -32,7 +32,7 @@ def server(ray_session, student_export):
 
     port = _free_port()
     cfg = ServeConfig(model_uri=student_export, min_replicas=2, max_replicas=2, max_batch_size=16,
-                      batch_wait_timeout_s=0.05, num_cpus=0.5, max_boxes=8)
+                      batch_wait_timeout_s=0.05, num_cpus=0.5, max_boxes=8, max_body_bytes=2 * 1024 * 1024)
     url = run_serve(cfg, "127.0.0.1", port)
     yield url, serve.get_deployment_handle("PoseModel", app_name=APP_NAME)
     serve.delete(APP_NAME)
@@ -56,6 +56,14 @@ def direct(export: str, image_path, boxes: np.ndarray) -> np.ndarray:
     return np.concatenate([kpts, scores[..., None]], -1)
 
 
+def in_image(keypoints: np.ndarray, image: dict) -> np.ndarray:
+    """The service's policy: keypoints outside the image are clipped to its edge, with score 0."""
+    w, h = image["width"], image["height"]
+    x, y, score = keypoints[:, 0], keypoints[:, 1], keypoints[:, 2]
+    outside = (x < 0) | (x > w - 1) | (y < 0) | (y > h - 1)
+    return np.stack([np.clip(x, 0, w - 1), np.clip(y, 0, h - 1), np.where(outside, 0, score)], 1)
+
+
 def test_endpoint_equals_direct_model_call(server, student_export, coco_mini):
     url, _ = server
     ann = json.loads((coco_mini / "person_keypoints_val_mini.json").read_text())
@@ -67,12 +75,13 @@ def test_endpoint_equals_direct_model_call(server, student_export, coco_mini):
         assert r.status_code == 200, r.text
         got = np.array([p["keypoints"] for p in r.json()["persons"]])
         assert got.shape == (len(boxes), 17, 3)
-        assert np.abs(got - direct(student_export, path, np.array(boxes, np.float32))).max() < 0.02
+        expected = direct(student_export, path, np.array(boxes, np.float32))
+        assert np.abs(got - np.stack([in_image(k, image) for k in expected])).max() < 0.02
         whole = httpx.post(f"{url}/v1/keypoints", files={"image": (image["file_name"], jpeg(path), "image/jpeg")},
                            data={"flip_test": "false"}, timeout=60).json()
         assert whole["persons"][0]["box"] == [0, 0, image["width"], image["height"]]
         expected = direct(student_export, path, np.array([[0, 0, image["width"], image["height"], 1]], np.float32))
-        assert np.abs(np.array(whole["persons"][0]["keypoints"]) - expected[0]).max() < 0.02
+        assert np.abs(np.array(whole["persons"][0]["keypoints"]) - in_image(expected[0], image)).max() < 0.02
     card = httpx.get(f"{url}/v1/model").json()
     assert card["input_size"] == [128, 96] and card["arch"] == "resnet18"
     render = httpx.post(f"{url}/v1/keypoints/render", content=jpeg(path), headers={"content-type": "image/jpeg"})
@@ -119,11 +128,20 @@ def test_bad_requests_get_4xx_and_the_service_stays_up(server, coco_mini):
         "wrong content type": dict(content=good, headers={"content-type": "text/plain"}),
         "multipart without image": dict(data={"boxes": "[[0,0,10,10]]"}, files={"other": ("x", b"1")}),
         "bad flip flag": dict(content=good, headers={"content-type": "image/jpeg"}, params={"flip_test": "maybe"}),
+        "nested boxes": dict(content=good, headers={"content-type": "image/jpeg"}, params={"boxes": "[" * 700 + "]" * 700}),
+        "400-digit box value": dict(content=good, headers={"content-type": "image/jpeg"},
+                                    params={"boxes": "[[1, 2, 3, " + "9" * 400 + "]]"}),
+        "score 1e39": dict(content=good, headers={"content-type": "image/jpeg"}, params={"boxes": "[[1, 2, 30, 40, 1e39]]"}),
+        "chunked body over the limit": dict(content=(b"\xff" * 65536 for _ in range(48)),
+                                            headers={"content-type": "image/jpeg"}),
+        "multipart over the limit": dict(files={"image": ("big.jpg", b"\xff\xd8" + b"\0" * (3 * 1024 * 1024))}),
     }
     for name, kwargs in corpus.items():
         r = httpx.post(f"{url}/v1/keypoints", timeout=30, **kwargs)
         assert 400 <= r.status_code < 500, (name, r.status_code, r.text)
         assert r.json()["error"], name
+        if "over the limit" in name:
+            assert r.status_code == 413, name
     assert httpx.get(f"{url}/healthz").json()["status"] == "ok"
     assert httpx.post(f"{url}/v1/keypoints", content=good, headers={"content-type": "image/jpeg"}).status_code == 200
 
@@ -155,3 +173,81 @@ def test_load_generator_only_targets_loopback(url, allowed):
     else:
         with pytest.raises(CdkdError, match="only loopback"):
             check_loopback(url)
+
+
+def test_valid_jpeg_variants_are_accepted_and_keypoints_stay_in_the_image(server, coco_mini):
+    url, _ = server
+    good = jpeg(coco_mini / "images" / "000000000785.jpg")
+    width, height = cv2.imdecode(np.frombuffer(good, np.uint8), cv2.IMREAD_COLOR).shape[1::-1]
+    variants = {"plain": good, "trailing data": good + b"junk after the end" * 10,
+                "fill bytes": good[:2] + b"\xff\xff\xff" + good[2:]}
+    for name, body in variants.items():
+        r = httpx.post(f"{url}/v1/keypoints", content=body, headers={"content-type": "image/jpeg"}, timeout=60)
+        assert r.status_code == 200, (name, r.text)
+        answer = r.json()
+        assert answer["image"] == {"width": width, "height": height}
+        for person in answer["persons"]:  # the whole-image crop reaches past the borders: clipped, not confident
+            for x, y, score in person["keypoints"]:
+                assert 0 <= x <= width - 1 and 0 <= y <= height - 1 and 0 <= score
+
+
+def test_exif_orientation_is_applied_when_serving(server):
+    import io
+
+    from PIL import Image
+
+    url, _ = server
+    buf = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 160x96, shown rotated by 90 degrees: 96 wide, 160 high
+    Image.fromarray(np.full((96, 160, 3), 128, np.uint8)).save(buf, "JPEG", exif=exif.tobytes())
+    r = httpx.post(f"{url}/v1/keypoints", content=buf.getvalue(), headers={"content-type": "image/jpeg"}, timeout=60)
+    assert r.status_code == 200, r.text
+    assert r.json()["image"] == {"width": 96, "height": 160}
+    assert all(0 <= x <= 95 and 0 <= y <= 159 for p in r.json()["persons"] for x, y, _ in p["keypoints"])
+
+
+def test_readiness_and_a_token_protected_app(server, student_export, coco_mini, monkeypatch):
+    import hashlib
+
+    from ray import serve
+
+    from cdkd_ray.ray_adapters.serve.app import ServeConfig
+    from cdkd_ray.ray_adapters.serve.deploy import run_serve
+
+    url, _ = server
+    ready = httpx.get(f"{url}/readyz", timeout=30)
+    assert ready.status_code == 200 and ready.json()["ready"] is True and ready.json()["input_size"] == [128, 96]
+    port = int(url.rsplit(":", 1)[1])
+    cfg = ServeConfig(model_uri=student_export, min_replicas=1, max_replicas=1, num_cpus=0.25,
+                      auth_token_sha256=hashlib.sha256(b"s3cret").hexdigest())
+    secure = run_serve(cfg, "127.0.0.1", port, app_name="secure", route_prefix="/secure")
+    try:
+        good = jpeg(coco_mini / "images" / "000000000785.jpg")
+        headers = {"content-type": "image/jpeg"}
+        assert httpx.post(f"{secure}/v1/keypoints", content=good, headers=headers, timeout=60).status_code == 401
+        wrong = {**headers, "authorization": "Bearer nope"}
+        assert httpx.post(f"{secure}/v1/keypoints", content=good, headers=wrong, timeout=60).status_code == 401
+        right = {**headers, "authorization": "Bearer s3cret"}
+        assert httpx.post(f"{secure}/v1/keypoints", content=good, headers=right, timeout=60).status_code == 200
+        assert httpx.get(f"{secure}/healthz", timeout=30).status_code == 200  # liveness stays open
+    finally:
+        serve.delete("secure")
+
+
+def test_a_broken_export_is_refused_when_a_replica_loads_it(student_export, tmp_path):
+    import json
+    import shutil
+
+    from cdkd_ray.core.errors import CheckpointError
+    from cdkd_ray.core.serving.runtime import StudentRuntime
+
+    for change, message in (({"input_size": [100, 96]}, "multiple of 32"), ({"decode": "magic"}, "decode method"),
+                            ({"num_keypoints": 21}, "keypoints")):
+        broken = tmp_path / f"broken-{next(iter(change))}"
+        shutil.copytree(student_export, broken)
+        card = json.loads((broken / "model_card.json").read_text())
+        card.update(change)
+        (broken / "model_card.json").write_text(json.dumps(card))
+        with pytest.raises(CheckpointError, match=message):
+            StudentRuntime(str(broken))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -248,6 +249,11 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
     values = {"model_uri": args.model, "min_replicas": args.min_replicas,
               "max_replicas": max(args.max_replicas, args.min_replicas)}
+    if args.auth_token_env:
+        token = os.environ.get(args.auth_token_env)
+        if not token:
+            raise CdkdError(f"--auth-token-env {args.auth_token_env}: that environment variable is not set")
+        values["auth_token_sha256"] = hashlib.sha256(token.encode()).hexdigest()  # the token itself stays here
     from cdkd_ray.core.config import apply_overrides
 
     cfg = from_dict(ServeConfig, apply_overrides(values, args.overrides), "serve")
@@ -508,6 +514,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-replicas", type=int, default=1)
     p.add_argument("--max-replicas", type=int, default=2)
     _add_address(p)
+    p.add_argument("--auth-token-env", metavar="VAR",
+                   help="require `Authorization: Bearer <token>` on /v1, the token read from this environment "
+                        "variable (only its SHA-256 reaches the cluster)")
     _add_no_preflight(p)
     p.add_argument("--detach", action="store_true",
                    help="deploy and return (the app keeps running on the cluster; for Ray Jobs)")

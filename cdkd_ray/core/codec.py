@@ -12,6 +12,8 @@ import numpy as np
 from cdkd_ray.core.geometry import apply_affine, crop_affine, invert_affine
 from cdkd_ray.core.keypoints import FLIP_INDEX
 
+DECODE_METHODS = ("argmax", "dark")
+
 
 def encode_heatmaps(joints: np.ndarray, visible: np.ndarray, input_size: tuple[int, int],
                     heatmap_size: tuple[int, int], sigma: float, subpixel: bool = False

@@ -9,6 +9,9 @@ from cdkd_ray.core.codec import heatmaps_to_keypoints
 from cdkd_ray.core.geometry import box_to_center_scale, crop_affine, warp_crops
 from cdkd_ray.core.models.loading import load_pose_model
 from cdkd_ray.core.models.inference import predict_heatmaps
+from cdkd_ray.core.codec import DECODE_METHODS
+from cdkd_ray.core.errors import CheckpointError
+from cdkd_ray.core.keypoints import NUM_KEYPOINTS
 from cdkd_ray.core.models.pose_resnet import heatmap_size_for
 from cdkd_ray.core.evaluation import rescore
 
@@ -27,6 +30,26 @@ class StudentRuntime:
         self.decode = self.card.get("decode", "argmax")
         self.model_uri = model_uri
         self.name = f"cdkd-ray {loaded.model_cfg.arch}"
+        self._check(model_uri)
+
+    def _check(self, model_uri: str) -> None:
+        """Refuse an export that would load and then fail every request: say what is wrong, at load time."""
+        problems = []
+        h, w = self.input_size
+        if h % 32 or w % 32 or h <= 0 or w <= 0:
+            problems.append(f"input_size {h}x{w} is not a multiple of 32")
+        if self.num_keypoints != NUM_KEYPOINTS or self.card.get("num_keypoints", NUM_KEYPOINTS) != NUM_KEYPOINTS:
+            problems.append(f"{self.num_keypoints} keypoints (card: {self.card.get('num_keypoints')}), the service "
+                            f"answers the {NUM_KEYPOINTS} COCO keypoints")
+        if self.decode not in DECODE_METHODS:
+            problems.append(f"decode method {self.decode!r} is not one of {', '.join(DECODE_METHODS)}")
+        if not problems:
+            out = self.heatmaps(np.zeros((1, 3, h, w), np.uint8), False)
+            if out.shape != (1, self.num_keypoints, *self.heatmap_size) or not np.isfinite(out).all():
+                problems.append(f"a test forward gave {out.shape}, expected (1, {self.num_keypoints}, "
+                                f"{self.heatmap_size[0]}, {self.heatmap_size[1]}) finite heatmaps")
+        if problems:
+            raise CheckpointError(f"the export at {model_uri} cannot be served: {'; '.join(problems)}")
 
     def crops(self, image_bgr: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """uint8 RGB crops [M,3,H,W] for boxes [M,5], with their centers and scales."""
@@ -40,8 +63,19 @@ class StudentRuntime:
     def heatmaps(self, crops: np.ndarray, flip_test: bool) -> np.ndarray:
         return predict_heatmaps(self.model, torch.from_numpy(crops), self.channel_order, flip_test).numpy()
 
-    def keypoints(self, heatmaps: np.ndarray, center: np.ndarray, scale: np.ndarray, boxes: np.ndarray) -> list[dict]:
+    def keypoints(self, heatmaps: np.ndarray, center: np.ndarray, scale: np.ndarray, boxes: np.ndarray,
+                  image_size: tuple[int, int] | None = None) -> list[dict]:
+        """Per person: box, score and keypoints [x, y, score] in image pixels.
+
+        Keypoints decoded outside the image (width, height) are clipped to its edge with score 0: never a
+        confident coordinate outside the picture.
+        """
         kpts, scores = heatmaps_to_keypoints(heatmaps, center, scale, self.input_size, self.decode)
+        if image_size is not None:
+            width, height = image_size
+            outside = (kpts[..., 0] < 0) | (kpts[..., 0] > width - 1) | (kpts[..., 1] < 0) | (kpts[..., 1] > height - 1)
+            kpts = np.stack([np.clip(kpts[..., 0], 0, width - 1), np.clip(kpts[..., 1], 0, height - 1)], -1)
+            scores = np.where(outside, 0.0, scores)
         person_scores = rescore(scores, boxes[:, 4])
         return [{"box": [round(float(v), 2) for v in box[:4]], "box_score": float(box[4]),
                  "score": float(ps), "keypoints": [[round(float(x), 2), round(float(y), 2), round(float(s), 4)]

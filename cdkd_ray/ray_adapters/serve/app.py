@@ -16,10 +16,12 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from ray import serve
 
-from cdkd_ray.core.coco.images import decode_checked
-from cdkd_ray.core.serving.validation import BadRequest, Limits, check_image_bytes, parse_boxes, parse_flag
+from cdkd_ray.core.serving.requests import ServiceUnavailable, decode_request_image, read_image_request
+from cdkd_ray.core.serving.validation import BadRequest, Limits, bearer_ok, parse_boxes, parse_flag
 
-IMAGE_TYPES = ("image/jpeg", "image/png", "application/octet-stream")
+
+class Unauthorized(BadRequest):
+    """401: the /v1 endpoints need the configured bearer token."""
 
 
 @dataclass
@@ -40,6 +42,10 @@ class ServeConfig:
     max_pixels: int = Limits.max_pixels
     max_side: int = Limits.max_side
     max_boxes: int = Limits.max_boxes
+    max_queued_requests: int = 64  # per model replica; beyond it requests get 503 + Retry-After
+    request_timeout_s: float = 30.0  # a request not answered by then gets 503 + Retry-After
+    decode_slots: int = 2  # image decodes running at once in the ingress (off its event loop)
+    auth_token_sha256: str = ""  # SHA-256 of a bearer token the /v1 endpoints require ("" = open)
 
     def validate(self, where: str = "serve") -> None:
         from cdkd_ray.core.errors import ConfigError
@@ -98,8 +104,12 @@ class PoseModel:
         runtime = self.runtime
         crops, center, scale = runtime.crops(image_bgr, boxes)
         heatmaps = await asyncio.gather(*[self.forward((request_id, crop, flip_test)) for crop in crops])
-        persons = runtime.keypoints(np.stack(heatmaps), center, scale, boxes)
+        size = (image_bgr.shape[1], image_bgr.shape[0])
+        persons = runtime.keypoints(np.stack(heatmaps), center, scale, boxes, image_size=size)
         return {"model": {"name": runtime.name, "version": self.version}, "persons": persons}
+
+    def ready(self) -> dict:
+        return {"model": self.runtime.name, "version": self.version, "input_size": list(self.runtime.input_size)}
 
     def model_card(self) -> dict:
         return {**self.runtime.card, "served_version": self.version, "model_uri": self.runtime.model_uri}
@@ -118,7 +128,10 @@ api = FastAPI(title="cdkd-ray pose estimation", version="1",
 
 @api.exception_handler(BadRequest)
 async def _bad_request(_: Request, exc: BadRequest) -> JSONResponse:
-    return _error(exc.status, exc.message)
+    response = _error(exc.status, exc.message)
+    if isinstance(exc, ServiceUnavailable):
+        response.headers["Retry-After"] = str(exc.retry_after_s)
+    return response
 
 
 @serve.deployment(name="PoseAPI")
@@ -126,55 +139,63 @@ async def _bad_request(_: Request, exc: BadRequest) -> JSONResponse:
 class PoseAPI:
     """HTTP ingress: validates and decodes, then asks PoseModel; never lets bad input through."""
 
-    def __init__(self, model, limits: dict):
+    def __init__(self, model, limits: dict, request_timeout_s: float = 30.0, decode_slots: int = 2,
+                 auth_token_sha256: str = ""):
         self.model = model
         self.limits = Limits(**limits)
+        self.request_timeout_s = request_timeout_s
+        self.decode_slots = asyncio.Semaphore(decode_slots)
+        self.auth_token_sha256 = auth_token_sha256
 
-    async def _read(self, request: Request) -> tuple[bytes, object, object]:
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > self.limits.max_body_bytes + 1024 * 1024:
-            raise BadRequest(f"body of {declared} bytes exceeds the limit of {self.limits.max_body_bytes}", status=413)
-        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if ctype == "multipart/form-data":
-            form = await request.form()
-            upload = form.get("image")
-            if upload is None or isinstance(upload, str):
-                raise BadRequest("multipart body needs a file field 'image'")
-            data = await upload.read()
-            return data, form.get("boxes"), form.get("flip_test")
-        if ctype in IMAGE_TYPES:
-            data = await request.body()
-            return data, request.query_params.get("boxes"), request.query_params.get("flip_test")
-        raise BadRequest(f"unsupported content type '{ctype or 'none'}': send image/jpeg, image/png, or "
-                         "multipart/form-data with an 'image' file", status=415)
+    def _authorize(self, request: Request) -> None:
+        if not bearer_ok(request.headers.get("authorization"), self.auth_token_sha256):
+            raise Unauthorized("missing or wrong bearer token (Authorization: Bearer <token>)", status=401)
 
-    async def _predict(self, request: Request) -> tuple[np.ndarray, dict]:
-        data, raw_boxes, raw_flip = await self._read(request)
-        width, height = check_image_bytes(data, self.limits)  # header only: refuse bombs before decoding
-        image, problem = decode_checked(data)  # the one decode
-        if problem:
-            raise BadRequest(f"image {problem}")
-        boxes = parse_boxes(raw_boxes, image.shape[1], image.shape[0], self.limits)
-        flip = parse_flag(raw_flip)
+    async def _ask_model(self, image: np.ndarray, boxes: np.ndarray, flip: bool) -> dict:
+        """The model's answer; a dead replica is retried on another, overload and slowness answer 503."""
         request_id = uuid.uuid4().hex
-        for attempt in range(4):  # a replica that died mid-request is replaced; retry on another
+        for attempt in range(4):
             try:
-                result = await self.model.predict.remote(request_id, image, boxes, flip)
-                break
-            except Exception as exc:  # noqa: BLE001 - only actor deaths are retried
-                if "ActorDied" not in type(exc).__name__ and "ActorUnavailable" not in type(exc).__name__ \
-                        and "RayActorError" not in type(exc).__name__ or attempt == 3:
+                return await asyncio.wait_for(self.model.predict.remote(request_id, image, boxes, flip),
+                                              self.request_timeout_s)
+            except asyncio.TimeoutError:
+                raise ServiceUnavailable(f"no answer within {self.request_timeout_s:g} s", retry_after_s=5) from None
+            except Exception as exc:  # noqa: BLE001 - sorted by kind below
+                name = type(exc).__name__
+                if "BackPressure" in name:
+                    raise ServiceUnavailable("the model's queue is full", retry_after_s=1) from None
+                if not any(k in name for k in ("ActorDied", "ActorUnavailable", "RayActorError")) or attempt == 3:
                     raise
                 await asyncio.sleep(0.5 * (attempt + 1))
-        result["image"] = {"width": width, "height": height}
+        raise AssertionError("unreachable")
+
+    async def _predict(self, request: Request) -> tuple[np.ndarray, dict]:
+        self._authorize(request)
+        data, raw_boxes, raw_flip = await read_image_request(request, self.limits)
+        image = await decode_request_image(data, self.limits, self.decode_slots)
+        height, width = image.shape[:2]
+        boxes = parse_boxes(raw_boxes, width, height, self.limits)
+        result = await self._ask_model(image, boxes, parse_flag(raw_flip))
+        result["image"] = {"width": width, "height": height}  # the displayed frame (EXIF orientation applied)
         return image, result
+
+    @api.get("/readyz")
+    async def readyz(self) -> JSONResponse:
+        """Ready when a model replica has loaded and checked its export; /healthz is liveness only."""
+        try:
+            model = await asyncio.wait_for(self.model.ready.remote(), 5.0)
+        except Exception as exc:  # noqa: BLE001 - any failure means not ready
+            return JSONResponse(status_code=503, content={"ready": False, "error": type(exc).__name__},
+                                headers={"Retry-After": "2"})
+        return JSONResponse(content={"ready": True, **model})
 
     @api.get("/healthz")
     async def healthz(self) -> dict:
         return {"status": "ok", "time": time.time()}
 
     @api.get("/v1/model")
-    async def model_card(self) -> dict:
+    async def model_card(self, request: Request) -> dict:
+        self._authorize(request)
         return await self.model.model_card.remote()
 
     @api.post("/v1/keypoints")
@@ -207,12 +228,13 @@ def build_app(cfg: ServeConfig):
                             "target_ongoing_requests": cfg.target_ongoing_requests,
                             "upscale_delay_s": cfg.upscale_delay_s, "downscale_delay_s": cfg.downscale_delay_s},
         max_ongoing_requests=cfg.max_ongoing_requests,
+        max_queued_requests=cfg.max_queued_requests,
         ray_actor_options={"num_cpus": cfg.num_cpus},
         user_config={"model_uri": cfg.model_uri, "version": cfg.version},
     ).bind(cfg.model_uri, cfg.max_batch_size, cfg.batch_wait_timeout_s, cfg.torch_threads)
-    limits = asdict(cfg.limits)
     return PoseAPI.options(max_ongoing_requests=max(64, cfg.max_ongoing_requests * cfg.max_replicas),
-                           ray_actor_options={"num_cpus": 0.5}).bind(model, limits)
+                           ray_actor_options={"num_cpus": 0.5}).bind(
+        model, asdict(cfg.limits), cfg.request_timeout_s, cfg.decode_slots, cfg.auth_token_sha256)
 
 
 def app_builder(args: dict):

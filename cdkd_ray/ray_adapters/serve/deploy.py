@@ -10,7 +10,8 @@ APP_NAME = "cdkd-pose"
 
 
 def run_serve(cfg: ServeConfig, host: str = "127.0.0.1", port: int = 8000, address: str | None = None,
-              block: bool = False, proxy_location: str = "EveryNode") -> str:
+              block: bool = False, proxy_location: str = "EveryNode", app_name: str = APP_NAME,
+              route_prefix: str = "/") -> str:
     """Deploy the app; returns its base URL. With block, serve until interrupted, then shut down.
 
     proxy_location=HeadOnly when all "nodes" share one machine (a local autoscaling cluster): the
@@ -21,9 +22,10 @@ def run_serve(cfg: ServeConfig, host: str = "127.0.0.1", port: int = 8000, addre
     from cdkd_ray.ray_adapters.runtime import ensure_ray
 
     ensure_ray(address)
-    serve.start(http_options={"host": host, "port": port}, proxy_location=proxy_location)
-    serve.run(build_app(cfg), name=APP_NAME, route_prefix="/")
-    url = f"http://{host}:{port}"
+    serve.start(http_options={"host": host, "port": port, "request_timeout_s": cfg.request_timeout_s + 5},
+                proxy_location=proxy_location)
+    serve.run(build_app(cfg), name=app_name, route_prefix=route_prefix)
+    url = f"http://{host}:{port}{route_prefix.rstrip('/')}"
     print(f"serving {cfg.model_uri} at {url}  (POST /v1/keypoints, /v1/keypoints/render; GET /healthz, "
           f"/v1/model; OpenAPI at {url}/docs)", flush=True)
     if block:
