@@ -45,3 +45,23 @@ def split_file(root, split: str, which: str = "annotations"):
     folder = Path(root) / split
     manifest = json.loads((folder / "manifest.json").read_text())
     return folder / (manifest["annotation_file"] if which == "annotations" else manifest["files"][0]["name"])
+
+
+def constant_onnx_detector(path: str, dets: list[list[float]], labels: list[int], size=(640, 640)) -> str:
+    """An ONNX detector in the mmdeploy layout (dets [1,N,5], labels [1,N]) that reports the given boxes
+    (in its letterboxed input's pixels) for any image."""
+    import torch
+
+    class Constant(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("dets", torch.tensor([dets], dtype=torch.float32))
+            self.register_buffer("labels", torch.tensor([labels], dtype=torch.int64))
+
+        def forward(self, x):
+            zero = x.mean() * 0  # depend on the input, as a real detector does
+            return self.dets + zero, self.labels
+
+    torch.onnx.export(Constant(), (torch.zeros(1, 3, *size),), path, input_names=["input"],
+                      output_names=["dets", "labels"], opset_version=17, dynamo=False)
+    return path

@@ -251,3 +251,39 @@ def test_a_broken_export_is_refused_when_a_replica_loads_it(student_export, tmp_
         (broken / "model_card.json").write_text(json.dumps(card))
         with pytest.raises(CheckpointError, match=message):
             StudentRuntime(str(broken))
+
+
+def test_a_detector_in_front_returns_one_skeleton_per_detected_person(server, student_export, coco_mini, tmp_path):
+    from ray import serve
+
+    from cdkd_ray.core.serving.detectors import DetectorConfig
+    from cdkd_ray.ray_adapters.serve.app import ServeConfig
+    from cdkd_ray.ray_adapters.serve.deploy import run_serve
+    from tests.helpers import constant_onnx_detector
+
+    path = coco_mini / "images" / "000000000785.jpg"
+    height, width = cv2.imread(str(path)).shape[:2]
+    scale = min(640 / height, 640 / width)
+    people = [[40, 20, 180, 400], [250, 60, 330, 380], [100, 100, 160, 200]]  # x1 y1 x2 y2 in the image
+    dets = [[v * scale for v in box] + [0.9 - 0.1 * i] for i, box in enumerate(people)]
+    onnx_file = constant_onnx_detector(str(tmp_path / "det.onnx"), dets + [[0, 0, 10, 10, 0.99]], [0, 0, 0, 5])
+    url, _ = server
+    port = int(url.rsplit(":", 1)[1])
+    cfg = ServeConfig(model_uri=student_export, min_replicas=1, max_replicas=1, num_cpus=0.25,
+                      detector_num_cpus=0.25, detector=DetectorConfig(kind="onnx", checkpoint=onnx_file))
+    det_url = run_serve(cfg, "127.0.0.1", port, app_name="detected", route_prefix="/detected")
+    try:
+        r = httpx.post(f"{det_url}/v1/keypoints", content=jpeg(path), headers={"content-type": "image/jpeg"},
+                       timeout=120)
+        assert r.status_code == 200, r.text
+        persons = r.json()["persons"]
+        assert len(persons) == 3  # the fourth detection is not a person
+        for person, (x1, y1, x2, y2) in zip(persons, people):
+            assert person["box"] == pytest.approx([x1, y1, x2 - x1, y2 - y1], abs=0.05)
+            assert len(person["keypoints"]) == 17
+        # client boxes still win over the detector
+        one = httpx.post(f"{det_url}/v1/keypoints", content=jpeg(path), params={"boxes": "[[10, 10, 50, 90]]"},
+                         headers={"content-type": "image/jpeg"}, timeout=60)
+        assert len(one.json()["persons"]) == 1
+    finally:
+        serve.delete("detected")

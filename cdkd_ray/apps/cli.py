@@ -257,9 +257,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from cdkd_ray.core.config import apply_overrides
 
     cfg = from_dict(ServeConfig, apply_overrides(values, args.overrides), "serve")
-    from cdkd_ray.core.preflight import serve_bundles
-
-    _preflight_if_connected(args, serve_bundles(cfg.min_replicas, cfg.num_cpus))
+    _preflight_if_connected(args, _serve_bundles(cfg))
     run_serve(cfg, args.host, args.port, address=args.address, block=not args.detach,
               proxy_location=args.proxy_location)
 
@@ -312,6 +310,14 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     emit({k: v for k, v in result.items()}, args.json, human)
 
 
+def _serve_bundles(cfg):
+    from cdkd_ray.core.preflight import serve_bundles
+
+    detector = (cfg.detector_replicas, cfg.detector_num_cpus, cfg.detector_num_gpus) \
+        if cfg.detector.kind != "none" else None
+    return serve_bundles(cfg.min_replicas, cfg.num_cpus, detector=detector)
+
+
 def _sweep_bundles(sweep):
     from cdkd_ray.core.config import load_config
     from cdkd_ray.core.experiment import ExperimentConfig, distill_kind
@@ -327,7 +333,7 @@ def _preflight_bundles(args: argparse.Namespace):
     """The bundles of the job named by --config/--kind, --sweep or --serve."""
     from cdkd_ray.core.config import apply_overrides, from_dict, load_config
     from cdkd_ray.core.experiment import ExperimentConfig, RunKind
-    from cdkd_ray.core.preflight import serve_bundles, training_bundles
+    from cdkd_ray.core.preflight import training_bundles
 
     if args.sweep:
         from cdkd_ray.ray_adapters.sweep import load_sweep_config
@@ -336,8 +342,8 @@ def _preflight_bundles(args: argparse.Namespace):
     if args.serve:
         from cdkd_ray.ray_adapters.serve.app import ServeConfig
 
-        cfg = from_dict(ServeConfig, apply_overrides({"model_uri": "preflight"}, args.overrides), "serve")
-        return serve_bundles(cfg.min_replicas, cfg.num_cpus)
+        return _serve_bundles(from_dict(ServeConfig, apply_overrides({"model_uri": "preflight"}, args.overrides),
+                                        "serve"))
     cfg = load_config(ExperimentConfig, args.config, args.overrides)
     return training_bundles(cfg, RunKind(args.kind))
 

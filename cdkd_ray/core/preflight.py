@@ -76,12 +76,18 @@ def sweep_bundles(experiment: ExperimentConfig, kind: RunKind, concurrent_trials
     return bundles
 
 
-def serve_bundles(min_replicas: int, replica_cpus: float, replica_gpus: float = 0.0,
-                  ingress_cpus: float = 0.5) -> list[Bundle]:
+def serve_bundles(min_replicas: int, replica_cpus: float, replica_gpus: float = 0.0, ingress_cpus: float = 0.5,
+                  detector: tuple[int, float, float] | None = None) -> list[Bundle]:
+    """The ingress, the pose replicas and, with a detector, its (replicas, CPUs, GPUs)."""
     replica = {"CPU": replica_cpus, **({"GPU": replica_gpus} if replica_gpus else {})}
-    return [Bundle("Serve ingress (PoseAPI)", {"CPU": ingress_cpus}, 1),
-            Bundle("Serve pose replica (min_replicas)", replica, min_replicas,
-                   "lower min_replicas or num_cpus, or raise a node group's max")]
+    bundles = [Bundle("Serve ingress (PoseAPI)", {"CPU": ingress_cpus}, 1),
+               Bundle("Serve pose replica (min_replicas)", replica, min_replicas,
+                      "lower min_replicas or num_cpus, or raise a node group's max")]
+    if detector:
+        count, cpus, gpus = detector
+        bundles.append(Bundle("Serve person detector replica", {"CPU": cpus, **({"GPU": gpus} if gpus else {})},
+                              count, "lower detector_replicas, detector_num_cpus or detector_num_gpus"))
+    return bundles
 
 
 # ---------------------------------------------------------------- what a cluster can hold

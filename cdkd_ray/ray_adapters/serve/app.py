@@ -8,7 +8,7 @@
 import asyncio
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import cv2
 import numpy as np
@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from ray import serve
 
+from cdkd_ray.core.serving.detectors import DetectorConfig
 from cdkd_ray.core.serving.requests import ServiceUnavailable, decode_request_image, read_image_request
 from cdkd_ray.core.serving.validation import BadRequest, Limits, bearer_ok, parse_boxes, parse_flag
 
@@ -26,6 +27,8 @@ class Unauthorized(BadRequest):
 
 @dataclass
 class ServeConfig:
+    """The pose service: the student's replicas and limits, and optionally a person detector in front."""
+
     model_uri: str = ""
     version: str = "1"
     min_replicas: int = 1
@@ -46,6 +49,10 @@ class ServeConfig:
     request_timeout_s: float = 30.0  # a request not answered by then gets 503 + Retry-After
     decode_slots: int = 2  # image decodes running at once in the ingress (off its event loop)
     auth_token_sha256: str = ""  # SHA-256 of a bearer token the /v1 endpoints require ("" = open)
+    detector: DetectorConfig = field(default_factory=DetectorConfig)  # kind none: client boxes, else the image
+    detector_replicas: int = 1
+    detector_num_cpus: float = 1.0
+    detector_num_gpus: float = 0.0
 
     def validate(self, where: str = "serve") -> None:
         from cdkd_ray.core.errors import ConfigError
@@ -118,6 +125,24 @@ class PoseModel:
         return dict(self.batches)
 
 
+@serve.deployment(name="PersonDetector")
+class PersonDetectorDeployment:
+    """Finds the people in an image: boxes [M,5] (x, y, w, h, score), best first."""
+
+    def __init__(self, detector: dict, torch_threads: int = 1):
+        import torch
+
+        from cdkd_ray.core.config import from_dict
+        from cdkd_ray.core.serving.detectors import build_detector
+
+        torch.set_num_threads(torch_threads)
+        self.detector = build_detector(from_dict(DetectorConfig, detector, "detector"),
+                                       "cuda" if torch.cuda.is_available() else "cpu")
+
+    def detect(self, image_bgr: np.ndarray) -> np.ndarray:
+        return self.detector.detect(image_bgr)
+
+
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse(status_code=status, content={"error": message, "status": status})
 
@@ -139,9 +164,9 @@ async def _bad_request(_: Request, exc: BadRequest) -> JSONResponse:
 class PoseAPI:
     """HTTP ingress: validates and decodes, then asks PoseModel; never lets bad input through."""
 
-    def __init__(self, model, limits: dict, request_timeout_s: float = 30.0, decode_slots: int = 2,
+    def __init__(self, model, detector, limits: dict, request_timeout_s: float = 30.0, decode_slots: int = 2,
                  auth_token_sha256: str = ""):
-        self.model = model
+        self.model, self.detector = model, detector
         self.limits = Limits(**limits)
         self.request_timeout_s = request_timeout_s
         self.decode_slots = asyncio.Semaphore(decode_slots)
@@ -174,8 +199,14 @@ class PoseAPI:
         data, raw_boxes, raw_flip = await read_image_request(request, self.limits)
         image = await decode_request_image(data, self.limits, self.decode_slots)
         height, width = image.shape[:2]
-        boxes = parse_boxes(raw_boxes, width, height, self.limits)
-        result = await self._ask_model(image, boxes, parse_flag(raw_flip))
+        flip = parse_flag(raw_flip)
+        if raw_boxes in (None, "") and self.detector is not None:
+            boxes = await asyncio.wait_for(self.detector.detect.remote(image), self.request_timeout_s)
+            if not len(boxes):
+                return image, {"persons": [], "image": {"width": width, "height": height}, "detector": True}
+        else:
+            boxes = parse_boxes(raw_boxes, width, height, self.limits)
+        result = await self._ask_model(image, boxes, flip)
         result["image"] = {"width": width, "height": height}  # the displayed frame (EXIF orientation applied)
         return image, result
 
@@ -232,9 +263,15 @@ def build_app(cfg: ServeConfig):
         ray_actor_options={"num_cpus": cfg.num_cpus},
         user_config={"model_uri": cfg.model_uri, "version": cfg.version},
     ).bind(cfg.model_uri, cfg.max_batch_size, cfg.batch_wait_timeout_s, cfg.torch_threads)
+    detector = None
+    if cfg.detector.kind != "none":
+        detector = PersonDetectorDeployment.options(
+            num_replicas=cfg.detector_replicas, max_queued_requests=cfg.max_queued_requests,
+            ray_actor_options={"num_cpus": cfg.detector_num_cpus, "num_gpus": cfg.detector_num_gpus},
+        ).bind(asdict(cfg.detector), cfg.torch_threads)
     return PoseAPI.options(max_ongoing_requests=max(64, cfg.max_ongoing_requests * cfg.max_replicas),
                            ray_actor_options={"num_cpus": 0.5}).bind(
-        model, asdict(cfg.limits), cfg.request_timeout_s, cfg.decode_slots, cfg.auth_token_sha256)
+        model, detector, asdict(cfg.limits), cfg.request_timeout_s, cfg.decode_slots, cfg.auth_token_sha256)
 
 
 def app_builder(args: dict):
