@@ -1,10 +1,11 @@
 """Serving benchmark, side by side in one run: the HTTP endpoint vs the bare model on this machine.
 
-    python bench/serve_throughput.py [--requests 48] [--json]
+    python bench/serve_throughput.py [--requests 48] [--backends torch onnxruntime] [--json]
 
-Bare model: one crop per forward (unbatched) and batches of 16 (batched). Endpoint: POST
-/v1/keypoints with one person box per request at concurrency 1, 8 and 32 (bounded request counts,
-loopback only). Prints requests/s, p50/p99 latency and the endpoint/bare ratios.
+For each pose backend (torch, onnxruntime): the bare model, as one replica runs it, one crop per forward
+(unbatched) and batches of 16 (batched); then the endpoint, POST /v1/keypoints with one person box per
+request at concurrency 1, 8 and 32 (bounded request counts, loopback only). Prints requests/s, p50/p99,
+the p50 overhead over the bare unbatched model and the throughput against the bare batched model.
 """
 
 from __future__ import annotations
@@ -42,77 +43,85 @@ def make_student(folder: str, input_size=(128, 96)) -> str:
     return os.path.join(folder, "student")
 
 
-def bare(student: str, image_bgr: np.ndarray, box: np.ndarray, n: int) -> dict:
+def bare(student: str, backend: str, image_bgr: np.ndarray, box: np.ndarray, n: int) -> dict:
+    """The model alone, as one replica runs it (1 thread): a crop at a time, and batches of 16."""
     import torch
 
     from cdkd_ray.core.serving.runtime import StudentRuntime
 
-    torch.set_num_threads(1)  # the same as one Serve replica
-    rt = StudentRuntime(student)
-    out = {}
-    lat = []
-    start = time.perf_counter()
-    for _ in range(n):
-        t = time.perf_counter()
-        crops, c, s = rt.crops(image_bgr, box)
-        rt.keypoints(rt.heatmaps(crops, False), c, s, box)
-        lat.append(time.perf_counter() - t)
-    out["unbatched"] = latency_stats(lat, time.perf_counter() - start)
-    boxes = np.repeat(box, 16, 0)
-    start = time.perf_counter()
-    lat = []
-    for _ in range(max(1, n // 16)):
-        t = time.perf_counter()
-        crops, c, s = rt.crops(image_bgr, boxes)
-        rt.keypoints(rt.heatmaps(crops, False), c, s, boxes)
-        lat.append(time.perf_counter() - t)
-    seconds = time.perf_counter() - start
-    out["batched16"] = {"rps": 16 * len(lat) / seconds, "p50_ms": float(np.percentile(np.array(lat) * 1000, 50)),
-                        "p99_ms": float(np.percentile(np.array(lat) * 1000, 99))}
+    torch.set_num_threads(1)
+    rt = StudentRuntime(student, backend)
+
+    def run(boxes: np.ndarray, rounds: int) -> tuple[list[float], float]:
+        lat, start = [], time.perf_counter()
+        for _ in range(rounds):
+            t = time.perf_counter()
+            crops, c, s = rt.crops(image_bgr, boxes)
+            rt.keypoints(rt.heatmaps(crops, False), c, s, boxes)
+            lat.append(time.perf_counter() - t)
+        return lat, time.perf_counter() - start
+
+    run(box, 3)  # warm-up
+    lat, seconds = run(box, n)
+    out = {"unbatched": latency_stats(lat, seconds)}
+    lat, seconds = run(np.repeat(box, 16, 0), max(2, n // 16))
+    out["batched16"] = {"rps": 16 * len(lat) / seconds, "p50_ms": float(np.percentile(np.array(lat) * 1000, 50))}
     return out
+
+
+def endpoint(student: str, backend: str, port: int, data: bytes, box: list, n: int, replicas: int) -> dict:
+    from ray import serve
+
+    from cdkd_ray.ray_adapters.serve.app import ServeConfig
+    from cdkd_ray.ray_adapters.serve.deploy import APP_NAME, run_serve
+
+    url = run_serve(ServeConfig(model_uri=student, min_replicas=replicas, max_replicas=replicas, max_batch_size=16,
+                                num_cpus=1, backend=backend), "127.0.0.1", port)
+    asyncio.run(drive_load(url, data, [box], 4, 8, max_seconds=300))  # warm-up
+    results = {c: asyncio.run(drive_load(url, data, [box], c, n, max_seconds=600)) for c in (1, 8, 32)}
+    serve.delete(APP_NAME)
+    return results
+
+
+def report(backend: str, bare_stats: dict, results: dict) -> dict:
+    unb, bat = bare_stats["unbatched"], bare_stats["batched16"]
+    print(f"[{backend}] bare model, unbatched     {unb['rps']:7.1f} crops/s  p50 {unb['p50_ms']:6.1f} ms  "
+          f"p99 {unb['p99_ms']:6.1f} ms")
+    print(f"[{backend}] bare model, batches of 16 {bat['rps']:7.1f} crops/s  (per batch p50 {bat['p50_ms']:.1f} ms)")
+    ratios = {}
+    for c, r in results.items():
+        ratios[c] = {"vs_unbatched": r["rps"] / unb["rps"], "vs_batched": r["rps"] / bat["rps"],
+                     "p50_overhead_ms": r["p50_ms"] - unb["p50_ms"]}
+        print(f"[{backend}] endpoint, concurrency {c:>2} {r['rps']:7.1f} req/s    p50 {r['p50_ms']:6.1f} ms  "
+              f"p99 {r['p99_ms']:6.1f} ms   p50 overhead {ratios[c]['p50_overhead_ms']:+6.1f} ms, "
+              f"vs bare batched {ratios[c]['vs_batched']:.2f}x   failures {r['failed']}")
+    return {"bare": bare_stats, "endpoint": results, "ratios": ratios}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=48)
     parser.add_argument("--replicas", type=int, default=1)
+    parser.add_argument("--backends", nargs="+", default=["torch", "onnxruntime"])
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     import cv2
 
     folder = tempfile.mkdtemp(prefix="cdkd-serve-bench-")
     student = make_student(folder)
-    rng = np.random.default_rng(0)
-    image = rng.integers(0, 255, (480, 640, 3), np.uint8)
+    image = np.random.default_rng(0).integers(0, 255, (480, 640, 3), np.uint8)
     data = cv2.imencode(".jpg", image)[1].tobytes()
     box = [200.0, 60.0, 180.0, 360.0, 1.0]
-    bare_stats = bare(student, image, np.asarray([box], np.float32), args.requests)
-
-    from ray import serve
-
-    from cdkd_ray.ray_adapters.serve.app import ServeConfig
-    from cdkd_ray.ray_adapters.serve.deploy import APP_NAME, run_serve
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    url = run_serve(ServeConfig(model_uri=student, min_replicas=args.replicas, max_replicas=args.replicas,
-                                max_batch_size=16, batch_wait_timeout_s=0.01, num_cpus=1), "127.0.0.1", port)
-    asyncio.run(drive_load(url, data, [box], 4, 8, max_seconds=300))  # warm-up
-    results = {c: asyncio.run(drive_load(url, data, [box], c, args.requests, max_seconds=600)) for c in (1, 8, 32)}
-    serve.delete(APP_NAME)
-
-    unb, bat = bare_stats["unbatched"], bare_stats["batched16"]
-    print(f"bare model, unbatched         {unb['rps']:7.1f} crops/s  p50 {unb['p50_ms']:6.1f} ms  p99 {unb['p99_ms']:6.1f} ms")
-    print(f"bare model, batches of 16     {bat['rps']:7.1f} crops/s  (per batch p50 {bat['p50_ms']:.1f} ms)")
-    for c, r in results.items():
-        print(f"endpoint, concurrency {c:>2}     {r['rps']:7.1f} req/s    p50 {r['p50_ms']:6.1f} ms  p99 {r['p99_ms']:6.1f} ms"
-              f"   vs bare unbatched {r['rps'] / unb['rps']:.2f}x, vs bare batched {r['rps'] / bat['rps']:.2f}x"
-              f"   failures {r['failed']}")
+    out = {}
+    for backend in args.backends:
+        bare_stats = bare(student, backend, image, np.asarray([box], np.float32), args.requests)
+        out[backend] = report(backend, bare_stats, endpoint(student, backend, port, data, box, args.requests,
+                                                            args.replicas))
     if args.json:
-        print(json.dumps({"bare": bare_stats, "endpoint": results,
-                          "ratios": {c: {"vs_unbatched": r["rps"] / unb["rps"], "vs_batched": r["rps"] / bat["rps"]}
-                                     for c, r in results.items()}}))
+        print(json.dumps(out))
 
 
 if __name__ == "__main__":

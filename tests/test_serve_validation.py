@@ -62,3 +62,30 @@ def test_bearer_tokens():
     assert bearer_ok("Bearer s3cret", digest) and bearer_ok("bearer  s3cret", digest)
     assert not bearer_ok("Bearer wrong", digest) and not bearer_ok(None, digest) and not bearer_ok("s3cret", digest)
     assert bearer_ok(None, "")  # no token configured: open
+
+
+@pytest.mark.parametrize("decode_in_graph", [False, True])
+def test_onnxruntime_backend_matches_torch_within_half_a_pixel(tmp_path, coco_mini, decode_in_graph):
+    import json
+
+    import cv2
+
+    from cdkd_ray.core.models.export import export_student
+    from cdkd_ray.core.serving.runtime import StudentRuntime
+    from tests.helpers import random_student_export
+
+    random_student_export(str(tmp_path))
+    export = str(tmp_path / "onnx-export")
+    export_student(str(tmp_path / "ckpt"), export, onnx=True, onnx_decode=decode_in_graph)
+    image = cv2.imread(str(coco_mini / "images" / "000000000785.jpg"))
+    ann = json.loads((coco_mini / "person_keypoints_val_mini.json").read_text())
+    boxes = np.array([a["bbox"] + [1.0] for a in ann["annotations"] if a["image_id"] == 785], np.float32)
+    runtimes = {b: StudentRuntime(export, b) for b in ("torch", "onnxruntime")}
+    for flip in (False, True):
+        answers = {}
+        for backend, runtime in runtimes.items():
+            crops, center, scale = runtime.crops(image, boxes)
+            persons = runtime.keypoints(runtime.heatmaps(crops, flip), center, scale, boxes, image.shape[1::-1])
+            answers[backend] = np.array([p["keypoints"] for p in persons])
+        assert np.abs(answers["torch"][..., :2] - answers["onnxruntime"][..., :2]).max() <= 0.5
+        assert np.abs(answers["torch"][..., 2] - answers["onnxruntime"][..., 2]).max() < 1e-3

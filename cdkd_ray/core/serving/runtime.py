@@ -2,24 +2,55 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 import numpy as np
 import torch
 
-from cdkd_ray.core.codec import heatmaps_to_keypoints
-from cdkd_ray.core.geometry import box_to_center_scale, crop_affine, warp_crops
-from cdkd_ray.core.models.loading import load_pose_model
-from cdkd_ray.core.models.inference import predict_heatmaps
-from cdkd_ray.core.codec import DECODE_METHODS
+from cdkd_ray.core.checkpoint import ONNX_FILE
+from cdkd_ray.core.codec import DECODE_METHODS, flip_back, heatmaps_to_keypoints
 from cdkd_ray.core.errors import CheckpointError
-from cdkd_ray.core.keypoints import NUM_KEYPOINTS
-from cdkd_ray.core.models.pose_resnet import heatmap_size_for
 from cdkd_ray.core.evaluation import rescore
+from cdkd_ray.core.geometry import box_to_center_scale, crop_affine, warp_crops
+from cdkd_ray.core.keypoints import NUM_KEYPOINTS
+from cdkd_ray.core.models.export import export_onnx
+from cdkd_ray.core.models.inference import normalize_images, predict_heatmaps
+from cdkd_ray.core.models.loading import follow_export_pointer, load_pose_model
+from cdkd_ray.core.models.pose_resnet import heatmap_size_for
+from cdkd_ray.core.storage import resolve
+
+
+BACKENDS = ("torch", "onnxruntime")
+
+
+class OnnxHeatmaps:
+    """The student's heatmaps through onnxruntime: the export's heatmap ONNX, or one made from the weights."""
+
+    def __init__(self, model: torch.nn.Module, input_size: tuple[int, int], model_uri: str, card: dict):
+        import onnxruntime as ort
+
+        onnx = card.get("onnx") or {}
+        path = follow_export_pointer(resolve(model_uri)).join(ONNX_FILE)
+        if onnx and not onnx.get("decode_in_graph") and path.exists():
+            data = path.read_bytes()
+        else:  # no ONNX, or one that decodes in-graph (no heatmaps to average a flip test with): make one
+            with tempfile.TemporaryDirectory() as tmp:
+                export_onnx(model, os.path.join(tmp, ONNX_FILE), input_size, heatmap_size_for(input_size))
+                with open(os.path.join(tmp, ONNX_FILE), "rb") as f:
+                    data = f.read()
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        self.session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {"image": np.ascontiguousarray(x, np.float32)})[0]
 
 
 class StudentRuntime:
-    """A loaded student export plus the geometry its card describes."""
+    """A loaded student export plus the geometry its card describes; heatmaps by torch or onnxruntime."""
 
-    def __init__(self, model_uri: str):
+    def __init__(self, model_uri: str, backend: str = "torch"):
         loaded = load_pose_model(model_uri)
         self.model = loaded.model.eval()
         self.card = loaded.card
@@ -30,6 +61,11 @@ class StudentRuntime:
         self.decode = self.card.get("decode", "argmax")
         self.model_uri = model_uri
         self.name = f"cdkd-ray {loaded.model_cfg.arch}"
+        if backend not in BACKENDS:
+            raise CheckpointError(f"unknown pose backend {backend!r} (choose from {', '.join(BACKENDS)})")
+        self.backend = backend
+        self._onnx = OnnxHeatmaps(self.model, self.input_size, model_uri, self.card) if backend == "onnxruntime" \
+            else None
         self._check(model_uri)
 
     def _check(self, model_uri: str) -> None:
@@ -61,7 +97,13 @@ class StudentRuntime:
         return np.ascontiguousarray(crops.transpose(0, 3, 1, 2)), center, scale
 
     def heatmaps(self, crops: np.ndarray, flip_test: bool) -> np.ndarray:
-        return predict_heatmaps(self.model, torch.from_numpy(crops), self.channel_order, flip_test).numpy()
+        if self._onnx is None:
+            return predict_heatmaps(self.model, torch.from_numpy(crops), self.channel_order, flip_test).numpy()
+        x = normalize_images(torch.from_numpy(crops), self.channel_order).numpy()
+        heatmaps = self._onnx(x)
+        if flip_test:
+            heatmaps = (heatmaps + flip_back(self._onnx(x[..., ::-1]))) * 0.5
+        return heatmaps
 
     def keypoints(self, heatmaps: np.ndarray, center: np.ndarray, scale: np.ndarray, boxes: np.ndarray,
                   image_size: tuple[int, int] | None = None) -> list[dict]:

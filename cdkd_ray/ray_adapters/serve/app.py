@@ -9,6 +9,7 @@ import asyncio
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
+from typing import Literal
 
 import cv2
 import numpy as np
@@ -36,7 +37,7 @@ class ServeConfig:
     target_ongoing_requests: float = 4.0
     max_ongoing_requests: int = 32
     max_batch_size: int = 16
-    batch_wait_timeout_s: float = 0.02
+    batch_wait_timeout_s: float = 0.0  # 0: a lone request runs at once; under load the queue forms the batches
     upscale_delay_s: float = 2.0
     downscale_delay_s: float = 10.0
     num_cpus: float = 1.0
@@ -48,6 +49,7 @@ class ServeConfig:
     max_queued_requests: int = 64  # per model replica; beyond it requests get 503 + Retry-After
     request_timeout_s: float = 30.0  # a request not answered by then gets 503 + Retry-After
     decode_slots: int = 2  # image decodes running at once in the ingress (off its event loop)
+    backend: Literal["torch", "onnxruntime"] = "torch"  # what runs the pose model in its replicas
     auth_token_sha256: str = ""  # SHA-256 of a bearer token the /v1 endpoints require ("" = open)
     detector: DetectorConfig = field(default_factory=DetectorConfig)  # kind none: client boxes, else the image
     detector_replicas: int = 1
@@ -71,13 +73,15 @@ class ServeConfig:
 class PoseModel:
     """Runs the student on person crops batched across concurrent requests."""
 
-    def __init__(self, model_uri: str, max_batch_size: int, batch_wait_timeout_s: float, torch_threads: int = 1):
+    def __init__(self, model_uri: str, max_batch_size: int, batch_wait_timeout_s: float, torch_threads: int = 1,
+                 backend: str = "torch"):
         import torch
 
         from cdkd_ray.core.serving.runtime import StudentRuntime
 
         torch.set_num_threads(torch_threads)
-        self.runtime = StudentRuntime(model_uri)
+        self.backend = backend
+        self.runtime = StudentRuntime(model_uri, backend)
         self.version = str(self.runtime.card.get("version", "1"))
         self.forward.set_max_batch_size(max_batch_size)
         self.forward.set_batch_wait_timeout_s(batch_wait_timeout_s)
@@ -89,7 +93,7 @@ class PoseModel:
 
         uri = user_config.get("model_uri")
         if uri and uri != self.runtime.model_uri:
-            self.runtime = StudentRuntime(uri)  # swapped atomically: in-flight batches keep the old one
+            self.runtime = StudentRuntime(uri, self.backend)  # swapped atomically: in-flight batches keep the old one
         self.version = str(user_config.get("version", self.version))
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.02)
@@ -262,7 +266,7 @@ def build_app(cfg: ServeConfig):
         max_queued_requests=cfg.max_queued_requests,
         ray_actor_options={"num_cpus": cfg.num_cpus},
         user_config={"model_uri": cfg.model_uri, "version": cfg.version},
-    ).bind(cfg.model_uri, cfg.max_batch_size, cfg.batch_wait_timeout_s, cfg.torch_threads)
+    ).bind(cfg.model_uri, cfg.max_batch_size, cfg.batch_wait_timeout_s, cfg.torch_threads, cfg.backend)
     detector = None
     if cfg.detector.kind != "none":
         detector = PersonDetectorDeployment.options(
