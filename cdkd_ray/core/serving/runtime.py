@@ -24,6 +24,17 @@ from cdkd_ray.core.storage import resolve
 BACKENDS = ("torch", "onnxruntime")
 
 
+def person_crops(image_bgr: np.ndarray, boxes: np.ndarray, input_size: tuple[int, int]
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """uint8 RGB crops [M,3,H,W] for boxes [M,5] at the model's input size, with their centers and scales."""
+    h, w = input_size
+    center, scale = box_to_center_scale(boxes[:, :4], w / h)
+    mat = crop_affine(center, scale, np.zeros(len(boxes)), input_size)
+    rgb = np.ascontiguousarray(image_bgr[:, :, ::-1])
+    crops = warp_crops([rgb], np.zeros(len(boxes), int), mat, input_size)
+    return np.ascontiguousarray(crops.transpose(0, 3, 1, 2)), center, scale
+
+
 class OnnxHeatmaps:
     """The student's heatmaps through onnxruntime: the export's heatmap ONNX, or one made from the weights."""
 
@@ -88,13 +99,7 @@ class StudentRuntime:
             raise CheckpointError(f"the export at {model_uri} cannot be served: {'; '.join(problems)}")
 
     def crops(self, image_bgr: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """uint8 RGB crops [M,3,H,W] for boxes [M,5], with their centers and scales."""
-        h, w = self.input_size
-        center, scale = box_to_center_scale(boxes[:, :4], w / h)
-        mat = crop_affine(center, scale, np.zeros(len(boxes)), self.input_size)
-        rgb = np.ascontiguousarray(image_bgr[:, :, ::-1])
-        crops = warp_crops([rgb], np.zeros(len(boxes), int), mat, self.input_size)
-        return np.ascontiguousarray(crops.transpose(0, 3, 1, 2)), center, scale
+        return person_crops(image_bgr, boxes, self.input_size)
 
     def heatmaps(self, crops: np.ndarray, flip_test: bool) -> np.ndarray:
         if self._onnx is None:

@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse, Response
 from ray import serve
 
 from cdkd_ray.core.serving.detectors import DetectorConfig
+from cdkd_ray.core.serving.runtime import person_crops
 from cdkd_ray.core.serving.requests import ServiceUnavailable, decode_request_image, read_image_request
 from cdkd_ray.core.serving.validation import BadRequest, Limits, bearer_ok, parse_boxes, parse_flag
 
@@ -69,6 +70,10 @@ class ServeConfig:
         return Limits(self.max_body_bytes, self.max_pixels, self.max_side, self.max_boxes)
 
 
+class InputSizeChanged(Exception):
+    """The model replica now expects crops of another size (a new model version was rolled out)."""
+
+
 @serve.deployment(name="PoseModel")
 class PoseModel:
     """Runs the student on person crops batched across concurrent requests."""
@@ -111,12 +116,14 @@ class PoseModel:
         self.batches["max_requests"] = max(self.batches["max_requests"], len({rid for rid, _, _ in items}))
         return list(out)
 
-    async def predict(self, request_id: str, image_bgr: np.ndarray, boxes: np.ndarray, flip_test: bool) -> dict:
+    async def predict(self, request_id: str, crops: np.ndarray, center: np.ndarray, scale: np.ndarray,
+                      boxes: np.ndarray, image_size: tuple[int, int], flip_test: bool) -> dict:
+        """Keypoints for the person crops the ingress cut (crops travel, not whole images)."""
         runtime = self.runtime
-        crops, center, scale = runtime.crops(image_bgr, boxes)
+        if tuple(crops.shape[-2:]) != runtime.input_size:  # a rolled-out model with another input size
+            raise InputSizeChanged(list(runtime.input_size))
         heatmaps = await asyncio.gather(*[self.forward((request_id, crop, flip_test)) for crop in crops])
-        size = (image_bgr.shape[1], image_bgr.shape[0])
-        persons = runtime.keypoints(np.stack(heatmaps), center, scale, boxes, image_size=size)
+        persons = runtime.keypoints(np.stack(heatmaps), center, scale, boxes, image_size=image_size)
         return {"model": {"name": runtime.name, "version": self.version}, "persons": persons}
 
     def ready(self) -> dict:
@@ -171,6 +178,7 @@ class PoseAPI:
     def __init__(self, model, detector, limits: dict, request_timeout_s: float = 30.0, decode_slots: int = 2,
                  auth_token_sha256: str = ""):
         self.model, self.detector = model, detector
+        self.model_input_size: tuple[int, int] | None = None
         self.limits = Limits(**limits)
         self.request_timeout_s = request_timeout_s
         self.decode_slots = asyncio.Semaphore(decode_slots)
@@ -180,17 +188,29 @@ class PoseAPI:
         if not bearer_ok(request.headers.get("authorization"), self.auth_token_sha256):
             raise Unauthorized("missing or wrong bearer token (Authorization: Bearer <token>)", status=401)
 
+    async def _input_size(self, refresh: bool = False) -> tuple[int, int]:
+        if refresh or self.model_input_size is None:
+            ready = await asyncio.wait_for(self.model.ready.remote(), self.request_timeout_s)
+            self.model_input_size = tuple(ready["input_size"])
+        return self.model_input_size
+
     async def _ask_model(self, image: np.ndarray, boxes: np.ndarray, flip: bool) -> dict:
-        """The model's answer; a dead replica is retried on another, overload and slowness answer 503."""
-        request_id = uuid.uuid4().hex
+        """The model's answer for crops cut here; a dead replica is retried on another, overload and
+        slowness answer 503, a changed input size (new model version) re-cuts the crops once."""
+        request_id, image_size = uuid.uuid4().hex, (image.shape[1], image.shape[0])
+        crops, center, scale = person_crops(image, boxes, await self._input_size())
         for attempt in range(4):
             try:
-                return await asyncio.wait_for(self.model.predict.remote(request_id, image, boxes, flip),
-                                              self.request_timeout_s)
+                return await asyncio.wait_for(
+                    self.model.predict.remote(request_id, crops, center, scale, boxes, image_size, flip),
+                    self.request_timeout_s)
             except asyncio.TimeoutError:
                 raise ServiceUnavailable(f"no answer within {self.request_timeout_s:g} s", retry_after_s=5) from None
             except Exception as exc:  # noqa: BLE001 - sorted by kind below
                 name = type(exc).__name__
+                if "InputSizeChanged" in name or "InputSizeChanged" in str(exc)[:300]:
+                    crops, center, scale = person_crops(image, boxes, await self._input_size(refresh=True))
+                    continue
                 if "BackPressure" in name:
                     raise ServiceUnavailable("the model's queue is full", retry_after_s=1) from None
                 if not any(k in name for k in ("ActorDied", "ActorUnavailable", "RayActorError")) or attempt == 3:
