@@ -287,3 +287,48 @@ def test_a_detector_in_front_returns_one_skeleton_per_detected_person(server, st
         assert len(one.json()["persons"]) == 1
     finally:
         serve.delete("detected")
+
+
+def test_healthz_answers_during_a_flood_of_decompression_heavy_requests(server):
+    """Decodes run off the ingress's event loop, so liveness answers while big images are decoded."""
+    import time
+
+    url, _ = server
+    heavy = cv2.imencode(".png", np.zeros((4000, 4000, 3), np.uint8))[1].tobytes()  # 16 Mpx in ~50 KB
+
+    async def flood_and_probe():
+        async with httpx.AsyncClient(timeout=120) as client:
+            flood = [asyncio.create_task(client.post(f"{url}/v1/keypoints", content=heavy,
+                                                     headers={"content-type": "image/png"})) for _ in range(12)]
+            await asyncio.sleep(0.3)
+            latencies = []
+            for _ in range(10):
+                start = time.perf_counter()
+                r = await client.get(f"{url}/healthz")
+                latencies.append(time.perf_counter() - start)
+                assert r.status_code == 200
+                await asyncio.sleep(0.05)
+            answers = await asyncio.gather(*flood)
+            return latencies, [a.status_code for a in answers]
+
+    latencies, statuses = asyncio.run(flood_and_probe())
+    assert all(s in (200, 503) for s in statuses), statuses  # answered or told to retry, never an error
+    assert sorted(latencies)[len(latencies) // 2] < 0.1, latencies  # median liveness answer under 100 ms
+
+
+def test_a_request_that_takes_too_long_gets_503_with_retry_after(server, student_export, coco_mini):
+    from ray import serve
+
+    from cdkd_ray.ray_adapters.serve.app import ServeConfig
+    from cdkd_ray.ray_adapters.serve.deploy import run_serve
+
+    url, _ = server
+    port = int(url.rsplit(":", 1)[1])
+    cfg = ServeConfig(model_uri=student_export, min_replicas=1, max_replicas=1, num_cpus=0.25, request_timeout_s=0.001)
+    slow = run_serve(cfg, "127.0.0.1", port, app_name="impatient", route_prefix="/impatient")
+    try:
+        r = httpx.post(f"{slow}/v1/keypoints", content=jpeg(coco_mini / "images" / "000000000785.jpg"),
+                       headers={"content-type": "image/jpeg"}, timeout=60)
+        assert r.status_code == 503 and r.headers["retry-after"] and "no answer within" in r.json()["error"]
+    finally:
+        serve.delete("impatient")

@@ -190,22 +190,17 @@ class PoseAPI:
 
     async def _input_size(self, refresh: bool = False) -> tuple[int, int]:
         if refresh or self.model_input_size is None:
-            ready = await asyncio.wait_for(self.model.ready.remote(), self.request_timeout_s)
-            self.model_input_size = tuple(ready["input_size"])
+            self.model_input_size = tuple((await self.model.ready.remote())["input_size"])
         return self.model_input_size
 
     async def _ask_model(self, image: np.ndarray, boxes: np.ndarray, flip: bool) -> dict:
-        """The model's answer for crops cut here; a dead replica is retried on another, overload and
-        slowness answer 503, a changed input size (new model version) re-cuts the crops once."""
+        """The model's answer for crops cut here: a dead replica is retried on another, a full queue answers
+        503, a changed input size (a new model version) re-cuts the crops."""
         request_id, image_size = uuid.uuid4().hex, (image.shape[1], image.shape[0])
         crops, center, scale = person_crops(image, boxes, await self._input_size())
         for attempt in range(4):
             try:
-                return await asyncio.wait_for(
-                    self.model.predict.remote(request_id, crops, center, scale, boxes, image_size, flip),
-                    self.request_timeout_s)
-            except asyncio.TimeoutError:
-                raise ServiceUnavailable(f"no answer within {self.request_timeout_s:g} s", retry_after_s=5) from None
+                return await self.model.predict.remote(request_id, crops, center, scale, boxes, image_size, flip)
             except Exception as exc:  # noqa: BLE001 - sorted by kind below
                 name = type(exc).__name__
                 if "InputSizeChanged" in name or "InputSizeChanged" in str(exc)[:300]:
@@ -218,20 +213,26 @@ class PoseAPI:
                 await asyncio.sleep(0.5 * (attempt + 1))
         raise AssertionError("unreachable")
 
+    async def _people_and_poses(self, image: np.ndarray, raw_boxes, flip: bool) -> dict:
+        height, width = image.shape[:2]
+        if raw_boxes in (None, "") and self.detector is not None:
+            boxes = await self.detector.detect.remote(image)
+            if not len(boxes):
+                return {"persons": [], "detector": True}
+        else:
+            boxes = parse_boxes(raw_boxes, width, height, self.limits)
+        return await self._ask_model(image, boxes, flip)
+
     async def _predict(self, request: Request) -> tuple[np.ndarray, dict]:
         self._authorize(request)
         data, raw_boxes, raw_flip = await read_image_request(request, self.limits)
         image = await decode_request_image(data, self.limits, self.decode_slots)
-        height, width = image.shape[:2]
-        flip = parse_flag(raw_flip)
-        if raw_boxes in (None, "") and self.detector is not None:
-            boxes = await asyncio.wait_for(self.detector.detect.remote(image), self.request_timeout_s)
-            if not len(boxes):
-                return image, {"persons": [], "image": {"width": width, "height": height}, "detector": True}
-        else:
-            boxes = parse_boxes(raw_boxes, width, height, self.limits)
-        result = await self._ask_model(image, boxes, flip)
-        result["image"] = {"width": width, "height": height}  # the displayed frame (EXIF orientation applied)
+        try:
+            async with asyncio.timeout(self.request_timeout_s):  # detector and model together
+                result = await self._people_and_poses(image, raw_boxes, parse_flag(raw_flip))
+        except TimeoutError:
+            raise ServiceUnavailable(f"no answer within {self.request_timeout_s:g} s", retry_after_s=5) from None
+        result["image"] = {"width": image.shape[1], "height": image.shape[0]}  # as displayed (EXIF applied)
         return image, result
 
     @api.get("/readyz")
