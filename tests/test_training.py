@@ -99,3 +99,24 @@ def test_killed_worker_recovers_without_losing_or_repeating_epochs(ray_session, 
     assert killed, "the worker was never killed"
     assert int((pid_dir / "rank1.pid").read_text()) != killed["pid"]  # a new worker took over
     assert [r["epoch"] for r in history(summary["run_dir"])] == [0, 1, 2]
+
+
+def test_undecodable_images_skipped_in_training_are_counted_in_the_summary(ray_session, synth_dir, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from cdkd_ray.apps.recipes import shard_coco_dir
+    from tests.helpers import split_file
+
+    shards = shard_coco_dir(str(synth_dir), str(tmp_path / "shards"), rows_per_file=10)
+    part = split_file(shards, "train", "part")
+    table = pq.read_table(part)
+    images = table.column("image").to_pylist()
+    images[0] = images[0][:200]  # header only: undecodable, as a shard written by another tool might hold
+    pq.write_table(table.set_column(table.schema.get_field_index("image"), "image", pa.array(images, pa.binary())),
+                   part)
+    summary = run_training(tiny("train.epochs=1", "train.num_workers=1", "train.max_steps_per_epoch=null",
+                                "data.verify_shards=false", "data.on_bad_image=skip"),
+                           RunKind.BASELINE, shards, str(tmp_path / "runs"), "skip-bad")
+    assert summary["bad_images_skipped"] == 1
+    assert history(summary["run_dir"])[-1]["bad_images_skipped"] == 1

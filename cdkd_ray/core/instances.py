@@ -10,6 +10,7 @@ import json
 import logging
 import math
 from dataclasses import dataclass, field
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -131,7 +132,8 @@ def _image_people(image_id: int, persons: list[dict], train: bool, detections, m
     return boxes, joints, np.ones(len(kept), np.float32)
 
 
-def _collect_people(rows: dict, cfg: DataConfig, train: bool, detections, match_gt: bool) -> _People:
+def _collect_people(rows: dict, cfg: DataConfig, train: bool, detections, match_gt: bool,
+                    on_skip: Callable[[int], None] | None = None) -> _People:
     people = _People()
     for image_id, data, persons, width, height in zip(rows["image_id"], rows["image"], rows["persons"],
                                                       rows["width"], rows["height"]):
@@ -141,6 +143,8 @@ def _collect_people(rows: dict, cfg: DataConfig, train: bool, detections, match_
             if cfg.on_bad_image == "fail":
                 raise DataValidationError("bad shard data", [message])
             log.warning("%s; skipped (data.on_bad_image=skip)", message)
+            if on_skip is not None:
+                on_skip(int(image_id))
             continue
         boxes, joints, scores = _image_people(image_id, persons, train, detections, match_gt)
         boxes, keep = clip_boxes(boxes, int(width), int(height))
@@ -156,15 +160,15 @@ def _collect_people(rows: dict, cfg: DataConfig, train: bool, detections, match_
 
 
 def build_instances(rows: dict, cfg: DataConfig, train: bool, epoch: int = 0,
-                    detections: dict[int, np.ndarray] | None = None, match_gt: bool = False
-                    ) -> dict[str, np.ndarray]:
+                    detections: dict[int, np.ndarray] | None = None, match_gt: bool = False,
+                    on_skip: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
     """Turn a batch of shard rows (columns as lists) into model-ready person instances.
 
     Train: every non-crowd person with keypoints, randomly flipped/scaled/rotated/half-body.
     Val: the same persons with their GT boxes, or the detections of the image when given
     (with `match_gt`, each detection carries the keypoints of the GT person it overlaps most).
     """
-    people = _collect_people(rows, cfg, train, detections, match_gt)
+    people = _collect_people(rows, cfg, train, detections, match_gt, on_skip)
     if not people.boxes:
         return empty_instances(cfg)
     boxes, joints = np.concatenate(people.boxes), np.concatenate(people.joints)

@@ -21,15 +21,35 @@ def execution_index() -> int:
     return int(getattr(DataContext.get_current(), "_execution_idx", 0))
 
 
+class BadImageCounter:
+    """Which images a run skipped as undecodable (data.on_bad_image=skip): counted, not only logged."""
+
+    def __init__(self):
+        self.image_ids: set[int] = set()
+
+    def add(self, image_id: int) -> None:
+        self.image_ids.add(image_id)
+
+    def total(self) -> int:
+        return len(self.image_ids)
+
+
+def new_bad_image_counter():
+    import ray
+
+    return ray.remote(num_cpus=0)(BadImageCounter).remote()
+
+
 def _instances_udf(batch, cfg: DataConfig, train: bool, epoch: int,
-                   detections: Optional[dict[int, np.ndarray]]) -> dict[str, np.ndarray]:
+                   detections: Optional[dict[int, np.ndarray]], bad_images=None) -> dict[str, np.ndarray]:
     # Augmentation is seeded by (seed, epoch, image ids): every epoch differs, every run repeats.
-    return build_instances(rows_from_arrow(batch), cfg, train, epoch + execution_index(), detections)
+    on_skip = (lambda image_id: bad_images.add.remote(image_id)) if bad_images is not None else None
+    return build_instances(rows_from_arrow(batch), cfg, train, epoch + execution_index(), detections, on_skip=on_skip)
 
 
 def build_dataset(uri: str, split: str, cfg: DataConfig, train: bool | None = None, epoch: int = 0,
                   s3_endpoint: str | None = None, detections_file: str | None = None,
-                  shuffle_files: bool = False):
+                  shuffle_files: bool = False, bad_images=None):
     """A streaming Ray Dataset of person instances per the training-batch contract.
 
     Reads exactly the part files the split's manifest lists, from a folder or s3://; `train`
@@ -50,7 +70,7 @@ def build_dataset(uri: str, split: str, cfg: DataConfig, train: bool | None = No
     ds = ray.data.read_parquet(paths, filesystem=location.fs if location.is_remote else None, shuffle=shuffle)
     return ds.map_batches(
         _instances_udf,
-        fn_kwargs={"cfg": cfg, "train": train, "epoch": epoch, "detections": detections},
+        fn_kwargs={"cfg": cfg, "train": train, "epoch": epoch, "detections": detections, "bad_images": bad_images},
         batch_size=cfg.images_per_block,
         batch_format="pyarrow",
         num_cpus=cfg.num_cpus_per_task,

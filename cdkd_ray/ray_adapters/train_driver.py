@@ -30,7 +30,7 @@ def _teacher_shape(kind: RunKind, teacher_checkpoint: str | None) -> tuple[str |
 
 
 def _datasets(cfg: ExperimentConfig, kind: RunKind, data_uri: str, teacher_checkpoint: str | None,
-              s3_endpoint: str | None) -> dict:
+              s3_endpoint: str | None, bad_images) -> dict:
     import ray.data
 
     from cdkd_ray.ray_adapters.pipeline import build_dataset, with_teacher_pool
@@ -38,10 +38,12 @@ def _datasets(cfg: ExperimentConfig, kind: RunKind, data_uri: str, teacher_check
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True  # same seed -> same batches, run after run
     ctx.enable_progress_bars = False
-    train = build_dataset(data_uri, "train", cfg.data, s3_endpoint=s3_endpoint, shuffle_files=True)
+    train = build_dataset(data_uri, "train", cfg.data, s3_endpoint=s3_endpoint, shuffle_files=True,
+                          bad_images=bad_images)
     if kind.distills and cfg.teacher.placement == "pool":
         train = with_teacher_pool(train, cfg, teacher_checkpoint)
-    return {"train": train, "val": build_dataset(data_uri, "val", cfg.data, s3_endpoint=s3_endpoint)}
+    return {"train": train, "val": build_dataset(data_uri, "val", cfg.data, s3_endpoint=s3_endpoint,
+                                                 bad_images=bad_images)}
 
 
 def _run_config(cfg: ExperimentConfig, name: str, storage: Location, callbacks):
@@ -98,16 +100,20 @@ def run_training(cfg: ExperimentConfig, kind: RunKind, data_uri: str, storage_ur
     name = free_run_name(storage, check_name(name, "run name")) if new_run else check_name(name, "run name")
     _claim(cfg, kind, data_uri, storage, name, teacher_checkpoint, s3_endpoint)
     ensure_ray(ray_address)
+    from cdkd_ray.ray_adapters.pipeline import new_bad_image_counter
+
+    bad_images = new_bad_image_counter()
     trainer = TorchTrainer(
         _train_fn,
         train_loop_config={"experiment": to_dict(cfg), "kind": kind.value, "data_uri": data_uri,
                            "s3_endpoint": s3_endpoint, "teacher_checkpoint": teacher_checkpoint,
-                           "teacher_arch": teacher_arch, "teacher_deconv": teacher_deconv, "pid_dir": pid_dir},
+                           "teacher_arch": teacher_arch, "teacher_deconv": teacher_deconv, "pid_dir": pid_dir,
+                           "bad_images": bad_images},
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
             resources_per_worker={"CPU": cfg.train.cpus_per_worker, **({"GPU": 1} if cfg.train.use_gpu else {})}),
         run_config=_run_config(cfg, name, storage, callbacks),
-        datasets=_datasets(cfg, kind, data_uri, teacher_checkpoint, s3_endpoint),
+        datasets=_datasets(cfg, kind, data_uri, teacher_checkpoint, s3_endpoint, bad_images),
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
     )
     result = trainer.fit()
@@ -142,7 +148,8 @@ def summarize_run(result, run_dir: Location, cfg: ExperimentConfig, kind: RunKin
         "name": name, "kind": kind.value, "arch": cfg.model.arch, "epochs": len(history),
         "best_ap": best_state["metrics"].get("AP", 0.0), "best_epoch": best_state["epoch"],
         "best_checkpoint": as_uri(best_path), "latest_checkpoint": as_uri(latest.path),
-        "final_ap": history[-1].get("AP", 0.0), "run_dir": run_dir.uri, **gt_loss_progress(history), **outputs,
+        "final_ap": history[-1].get("AP", 0.0), "run_dir": run_dir.uri, **gt_loss_progress(history),
+        "bad_images_skipped": max((h.get("bad_images_skipped", 0) for h in history), default=0), **outputs,
     }
     run_dir.join("summary.json").write_bytes(json.dumps(summary, indent=1).encode())
     return summary

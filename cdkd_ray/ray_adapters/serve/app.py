@@ -158,8 +158,20 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse(status_code=status, content={"error": message, "status": status})
 
 
-api = FastAPI(title="cdkd-ray pose estimation", version="1",
-              description="Top-down human pose (COCO keypoints) from a CDKD-distilled student.")
+API_DESCRIPTION = """Top-down human pose (17 COCO keypoints) from a CDKD-distilled student.
+
+* **People**: client boxes (`boxes=[[x, y, w, h, score], ...]`) always win; without them a configured person
+  detector (a torchvision detection checkpoint or an ONNX dets+labels export) finds the people, else the
+  whole image is one person.
+* **Backends**: the pose model runs on torch or onnxruntime (`backend` in the serve config).
+* **Limits**: bodies over `max_body_bytes` and images over `max_pixels` get 413 (checked from the header,
+  before decoding); malformed boxes 400; a full queue or no answer within `request_timeout_s` 503 with
+  `Retry-After`. EXIF orientation is applied; keypoints outside the image are clipped with score 0.
+* **Auth**: with a token configured, `/v1/*` needs `Authorization: Bearer <token>` (401 otherwise).
+* **Probes**: `/healthz` is liveness; `/readyz` is 200 once a model replica has loaded and checked its export.
+"""
+
+api = FastAPI(title="cdkd-ray pose estimation", version="1", description=API_DESCRIPTION)
 
 
 @api.exception_handler(BadRequest)
