@@ -120,3 +120,26 @@ def test_undecodable_images_skipped_in_training_are_counted_in_the_summary(ray_s
                            RunKind.BASELINE, shards, str(tmp_path / "runs"), "skip-bad")
     assert summary["bad_images_skipped"] == 1
     assert history(summary["run_dir"])[-1]["bad_images_skipped"] == 1
+
+
+def test_the_resource_watch_interrupts_a_run_waiting_longer_than_its_limit():
+    """What waits too long is named and the driver interrupted (Ray Train then aborts the run gracefully,
+    which took 45-300 s here, too slow for the suite; the detection is tested with a fake cluster)."""
+    from cdkd_ray.ray_adapters.resource_watch import ResourceWatch
+
+    calls = []
+
+    def pending():
+        calls.append(1)
+        new = {"pg:abc": "placement group [{CPU: 64}] (INFEASIBLE)"} if len(calls) > 1 else {}
+        return {"pg:old": "placement group [{GPU: 8}] (INFEASIBLE)", **new}  # pending before the run: ignored
+
+    watch = ResourceWatch(0.3, poll_s=0.05, pending=pending)
+    with pytest.raises(KeyboardInterrupt):
+        with watch:
+            time.sleep(5)
+    assert watch.missing == ["placement group [{CPU: 64}] (INFEASIBLE)"]
+    idle = ResourceWatch(0.3, poll_s=0.05, pending=lambda: {})
+    with idle:
+        time.sleep(0.6)
+    assert idle.missing == []

@@ -61,6 +61,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     max_failures: int = 1
     max_steps_per_epoch: Optional[int] = None
+    resource_wait_s: Optional[float] = 900.0  # fail a run whose workers wait longer for resources (null: forever)
     val_every: int = 1
     seed: int = 0
 

@@ -116,10 +116,32 @@ def run_training(cfg: ExperimentConfig, kind: RunKind, data_uri: str, storage_ur
         datasets=_datasets(cfg, kind, data_uri, teacher_checkpoint, s3_endpoint, bad_images),
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
     )
-    result = trainer.fit()
+    result = _fit_watched(trainer, name, cfg.train.resource_wait_s)
     if result.error:
         raise CdkdError(f"training run '{name}' failed: {result.error}")
     return summarize_run(result, storage.join(name), cfg, kind, name, write_outputs)
+
+
+def _fit_watched(trainer, name: str, limit_s: float | None):
+    """trainer.fit(), failed with the missing bundles named if it waits longer than `limit_s` for resources.
+
+    The watch interrupts the driver's main thread as Ctrl-C would; Ray Train then aborts the run.
+    """
+    from cdkd_ray.ray_adapters.resource_watch import ResourceWatch
+
+    watch = ResourceWatch(limit_s)
+    try:
+        with watch:
+            result = trainer.fit()
+    except (KeyboardInterrupt, SystemExit):
+        if not watch.missing:
+            raise
+        result = None
+    if watch.missing:
+        raise CdkdError(f"run '{name}' waited more than {limit_s:g} s for resources the cluster never gave: "
+                        f"{'; '.join(watch.missing)}. Check the job with `cdkd-ray preflight`; raise "
+                        "train.resource_wait_s if the autoscaler is just slow")
+    return result
 
 
 def _train_fn(config: dict) -> None:
