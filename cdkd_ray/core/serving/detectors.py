@@ -7,6 +7,7 @@ Every detector answers `detect(image_bgr) -> [M,5]` boxes (x, y, w, h, score) of
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -15,6 +16,7 @@ import numpy as np
 import torch
 
 from cdkd_ray.core.errors import CheckpointError, ConfigError
+from cdkd_ray.core.storage import resolve
 
 TORCHVISION_DETECTORS = ("fasterrcnn_mobilenet_v3_large_320_fpn", "fasterrcnn_mobilenet_v3_large_fpn",
                          "fasterrcnn_resnet50_fpn", "retinanet_resnet50_fpn", "ssdlite320_mobilenet_v3_large")
@@ -24,7 +26,7 @@ TORCHVISION_PERSON = 1  # torchvision's COCO detection labels count from backgro
 @dataclass
 class DetectorConfig:
     kind: Literal["none", "torchvision", "onnx"] = "none"
-    checkpoint: str = ""  # a torchvision state_dict file (weights_only) or an .onnx file
+    checkpoint: str = ""  # a torchvision state_dict file (weights_only) or an .onnx file; a path or s3:// URI
     arch: str = "fasterrcnn_mobilenet_v3_large_320_fpn"  # torchvision only
     score_threshold: float = 0.5
     max_persons: int = 32
@@ -65,7 +67,7 @@ class TorchvisionDetector:
         self.cfg, self.device = cfg, torch.device(device)
         model = getattr(torchvision.models.detection, cfg.arch)(weights=None, weights_backbone=None, num_classes=91)
         try:
-            state = torch.load(cfg.checkpoint, map_location="cpu", weights_only=True)
+            state = torch.load(io.BytesIO(resolve(cfg.checkpoint).read_bytes()), map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad checkpoint
             raise CheckpointError(f"cannot read detector checkpoint {cfg.checkpoint}: {str(exc).splitlines()[0]}") from None
         state = state.get("model", state.get("state_dict", state)) if isinstance(state, dict) else state
@@ -106,7 +108,8 @@ class OnnxDetector:
 
         self.cfg = cfg
         try:
-            self.session = ort.InferenceSession(cfg.checkpoint, providers=providers or ["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(resolve(cfg.checkpoint).read_bytes(),
+                                                providers=providers or ["CPUExecutionProvider"])
         except Exception as exc:  # noqa: BLE001 - any load failure is a bad model file
             raise CheckpointError(f"cannot load ONNX detector {cfg.checkpoint}: {str(exc).splitlines()[0]}") from None
         names = [o.name for o in self.session.get_outputs()]
