@@ -135,9 +135,13 @@ def test_the_resource_watch_interrupts_a_run_waiting_longer_than_its_limit():
         return {"pg:old": "placement group [{GPU: 8}] (INFEASIBLE)", **new}  # pending before the run: ignored
 
     watch = ResourceWatch(0.3, poll_s=0.05, pending=pending)
-    with pytest.raises(KeyboardInterrupt):
-        with watch:
-            time.sleep(5)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # an earlier Train run may have set its own
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with watch:
+                time.sleep(5)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert watch.missing == ["placement group [{CPU: 64}] (INFEASIBLE)"]
     idle = ResourceWatch(0.3, poll_s=0.05, pending=lambda: {})
     with idle:

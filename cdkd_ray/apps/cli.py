@@ -13,12 +13,28 @@ from typing import Any, Callable
 from cdkd_ray.core.errors import CdkdError
 
 
+_FINAL_JSON: list[str] = []
+
+
 def emit(result: dict, as_json: bool, human: Callable[[dict], None] | None = None) -> None:
-    """Print a result for people, and with --json as one JSON object on the last stdout line."""
+    """Print a result for people now; with --json, `main` prints it as one JSON object on the very last line."""
     if human:
         human(result)
     if as_json:
-        print(json.dumps(result, default=_json_default), flush=True)
+        _FINAL_JSON.append(json.dumps(result, default=_json_default))
+
+
+def _print_final_json() -> None:
+    """The command is done: leave Ray (so nothing it streams can follow), then print the JSON line last."""
+    if not _FINAL_JSON:
+        return
+    sys.stdout.flush()
+    if "ray" in sys.modules:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+    print(_FINAL_JSON.pop(), flush=True)
 
 
 def _json_default(value: Any):
@@ -617,7 +633,10 @@ def main(argv: list[str] | None = None) -> None:
 
         stream_worker_logs(False)  # nothing streamed from cluster workers may follow the JSON line
     try:
-        args.func(args)
+        try:
+            args.func(args)
+        finally:
+            _print_final_json()
     except CdkdError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
