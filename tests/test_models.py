@@ -10,7 +10,6 @@ from cdkd_ray.core.codec import decode_heatmaps, heatmap_to_input
 from cdkd_ray.core.losses import CDKDLoss, DistillConfig, DistillStudent
 from cdkd_ray.core.teacher import Teacher
 from cdkd_ray.core.errors import ConfigError
-from tests.helpers import run_cli
 from cdkd_ray.core.models.loading import CheckpointError, load_pose_model
 from cdkd_ray.core.models.export import export_student
 from cdkd_ray.core.models.pose_resnet import ARCHS, ModelConfig, PoseResNet, count_flops, count_parameters

@@ -6,7 +6,6 @@ of SimpleBaseline; every function here is vectorised over batch and keypoints.
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 
 from cdkd_ray.core.geometry import apply_affine, crop_affine, invert_affine
