@@ -176,6 +176,8 @@ def test_preflight_of_a_sweep_and_of_serving():
     serve = run_cli("preflight", "--serve", "--cluster", REPO / "clusters" / "kuberay" / "rayservice.yaml",
                     "min_replicas=40", "max_replicas=40", "num_cpus=1")
     assert serve.returncode == 2 and "Serve pose replica" in serve.stdout
+    nothing = run_cli("preflight", "--cluster", REPO / "clusters" / "kuberay" / "serviceaccount.yaml")
+    assert nothing.returncode == 2 and "holds no cluster description" in nothing.stderr
 
 
 def test_preflight_against_the_live_local_ray(ray_session):

@@ -372,6 +372,9 @@ def cmd_preflight(args: argparse.Namespace) -> None:
         from cdkd_ray.core.config import read_yaml_documents
 
         docs = [d for d in read_yaml_documents(args.cluster) if d.get("kind") != "ServiceAccount"]
+        if not docs:
+            raise CdkdError(f"{args.cluster} holds no cluster description (a launcher YAML or a KubeRay "
+                            "RayCluster/RayJob/RayService)")
         report = check_fits(bundles, load_cluster_shape(docs[0], args.cluster))
     else:
         from cdkd_ray.ray_adapters.live_cluster import connected_shape
