@@ -326,6 +326,40 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     emit({k: v for k, v in result.items()}, args.json, human)
 
 
+def cmd_compare(args: argparse.Namespace) -> None:
+    from cdkd_ray.core.study import load_study
+    from cdkd_ray.core.study_report import markdown_table
+    from cdkd_ray.core.storage import resolve
+    from cdkd_ray.ray_adapters.compare import run_compare, write_report
+
+    if not args.report_only and not args.data:
+        raise CdkdError("compare needs --data (the shard root holding train/ and val/), unless --report-only")
+    study = load_study(args.config, args.overrides)
+    name = args.name or os.path.splitext(os.path.basename(args.config))[0]
+    if args.report_only:
+        report = write_report(study, resolve(args.storage, args.s3_endpoint).join(name), args.teacher)
+    else:
+        _preflight_if_connected(args, _compare_bundles(study))
+        report = run_compare(study, args.data, args.storage, name, args.teacher, resume=args.resume,
+                             s3_endpoint=args.s3_endpoint, ray_address=args.address)
+
+    def human(r: dict) -> None:
+        print(markdown_table(r))
+        print(f"report {r['report_md']}\nplots  {r['ap_plot']} {r['diff_plot']}")
+
+    emit(report, args.json, human)
+
+
+def _compare_bundles(study):
+    from cdkd_ray.core.experiment import distill_kind
+    from cdkd_ray.core.preflight import sweep_bundles
+    from cdkd_ray.core.study import variant_config
+
+    configs = [variant_config(study, v, study.seeds[0]) for v in study.variants]
+    heaviest = max(configs, key=lambda c: distill_kind(c).distills)  # a distilling trial may add a teacher pool
+    return sweep_bundles(heaviest, distill_kind(heaviest), study.max_concurrent_trials)
+
+
 def _serve_bundles(cfg):
     from cdkd_ray.core.preflight import serve_bundles
 
@@ -526,6 +560,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default="sweep", help="sweep name (default: sweep)")
     p.add_argument("--teacher", required=True, help="teacher checkpoint for every trial")
     p.add_argument("--resume", action="store_true", help="continue an interrupted sweep of the same name")
+    _add_address(p)
+    _add_no_preflight(p)
+    _add_s3_endpoint(p)
+
+    p = add("compare", cmd_compare, "Compare distillation recipes over seeds: variants x seeds as one Ray Tune "
+            "grid, then a report with paired confidence intervals against the baseline.")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="study overrides, e.g. seeds=[0,1]")
+    p.add_argument("--config", required=True, help="study YAML: base experiment, variants (overrides each), seeds")
+    p.add_argument("--data", help="shard root holding train/ and val/ (folder or s3://)")
+    p.add_argument("--storage", required=True, help="where the study, its runs and its report go (folder or s3://)")
+    p.add_argument("--name", help="study name (default: the study file's name without .yaml)")
+    p.add_argument("--teacher", help="teacher checkpoint for the distilling variants")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted study; refused if the study, data or teacher changed")
+    p.add_argument("--report-only", action="store_true", help="train nothing: rebuild the report from finished runs")
     _add_address(p)
     _add_no_preflight(p)
     _add_s3_endpoint(p)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from typing import Collection
 
 from cdkd_ray.core.checkpoint import MODEL_FILE, STUDENT_FILE
 from cdkd_ray.core.config import to_dict
@@ -70,16 +71,18 @@ def _flatten(value, prefix: str = "") -> dict:
     return {prefix: value}
 
 
-def identity_diff(old: dict, new: dict) -> list[str]:
-    """Readable differences that forbid resuming (`key: old -> new`), ignoring RESUMABLE_KEYS."""
+RUN_IGNORED = frozenset({*(f"config.{k}" for k in RESUMABLE_KEYS), "data_uri", "teacher_checkpoint"})
+
+
+def identity_diff(old: dict, new: dict, ignore: Collection[str] = RUN_IGNORED) -> list[str]:
+    """Readable differences (`key: old -> new`) between two identities, skipping the flattened keys in `ignore`.
+
+    For runs that is RESUMABLE_KEYS and where the data or teacher lives (they may move; their digests decide).
+    """
     flat_old, flat_new = _flatten(old), _flatten(new)
-    lines = []
-    for key in sorted(set(flat_old) | set(flat_new)):
-        if key.removeprefix("config.") in RESUMABLE_KEYS or key in ("data_uri", "teacher_checkpoint"):
-            continue  # the same data or teacher may move; their digests decide
-        if flat_old.get(key) != flat_new.get(key):
-            lines.append(f"{key}: {flat_old.get(key)!r} -> {flat_new.get(key)!r}")
-    return lines
+    return [f"{key}: {flat_old.get(key)!r} -> {flat_new.get(key)!r}"
+            for key in sorted(set(flat_old) | set(flat_new))
+            if key not in ignore and flat_old.get(key) != flat_new.get(key)]
 
 
 def claim_run(run_dir: Location, name: str, identity: dict) -> None:

@@ -22,7 +22,8 @@ from cdkd_ray.core.checkpoint import load_checkpoint
 from cdkd_ray.core.config import to_dict
 from cdkd_ray.core.experiment import ExperimentConfig, RunKind
 from cdkd_ray.core.losses import CDKDLoss, DistillStudent, heatmap_mse
-from cdkd_ray.core.models.inference import normalize_images, predict_keypoints
+from cdkd_ray.core.codec import heatmaps_to_keypoints
+from cdkd_ray.core.models.inference import normalize_images, predict_heatmaps
 from cdkd_ray.core.models.pose_resnet import PoseResNet
 from cdkd_ray.core.selection import SCORE_KEY, selection_score
 from cdkd_ray.core.teacher import Teacher
@@ -173,25 +174,36 @@ def is_eval_epoch(cfg: ExperimentConfig, epoch: int) -> bool:
 
 def evaluate(model: torch.nn.Module, cfg: ExperimentConfig, batches: Iterable[dict], gt: dict,
              device: torch.device | str = "cpu") -> dict:
-    """COCO keypoint AP stats of `model` (the bare student) over a whole val stream."""
+    """COCO keypoint AP stats of `model` (the bare student) over a whole val stream, and its val GT loss.
+
+    `val_loss_gt` is the heatmap MSE of the plain (un-flipped) forward, the same measure as the training
+    `loss_gt`, so the two show when a model starts to over-fit; it is left out when val batches carry no
+    targets or come from detections.
+    """
     from cdkd_ray.core.evaluation import evaluate_keypoints, predictions_to_results  # pycocotools: only to evaluate
 
     model.eval()
     parts: dict[str, list] = {k: [] for k in ("keypoints", "scores", "image_id", "box_score", "area")}
+    loss_sum, loss_count = 0.0, 0
     for batch in batches:
         if len(batch["image_id"]) == 0:
             continue
-        kpts, scores = predict_keypoints(model, batch["image"].to(device), batch["center"].numpy(),
-                                         batch["scale"].numpy(), cfg.data.input_size, cfg.model.channel_order,
-                                         cfg.data.flip_test, cfg.data.decode)
+        plain, heatmaps = predict_heatmaps(model, batch["image"].to(device), cfg.model.channel_order,
+                                           cfg.data.flip_test, with_plain=True)
+        if "target" in batch and not cfg.data.detections:
+            loss = heatmap_mse(plain, batch["target"].to(device).float(), batch["target_weight"].to(device).float())
+            loss_sum, loss_count = loss_sum + float(loss) * len(plain), loss_count + len(plain)
+        kpts, scores = heatmaps_to_keypoints(heatmaps.cpu().numpy(), batch["center"].numpy(), batch["scale"].numpy(),
+                                             cfg.data.input_size, cfg.data.decode)
         for key, value in (("keypoints", kpts), ("scores", scores), ("image_id", batch["image_id"].numpy()),
                            ("box_score", batch["score"].numpy()), ("area", batch["area"].numpy())):
             parts[key].append(value)
+    val_loss = {"val_loss_gt": loss_sum / loss_count} if loss_count else {}
     if not parts["image_id"]:
-        return evaluate_keypoints(gt, [])
+        return {**evaluate_keypoints(gt, []), **val_loss}
     cat = {k: np.concatenate(v) for k, v in parts.items()}
     results = predictions_to_results(cat["keypoints"], cat["scores"], cat["image_id"], cat["box_score"], cat["area"])
-    return evaluate_keypoints(gt, results)
+    return {**evaluate_keypoints(gt, results), **val_loss}
 
 
 def close_epoch(session: TrainingSession, metrics: dict) -> dict:

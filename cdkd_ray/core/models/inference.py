@@ -24,13 +24,15 @@ def normalize_images(images, channel_order: str = "RGB"):
 
 @torch.no_grad()
 def predict_heatmaps(model: torch.nn.Module, images_uint8: torch.Tensor, channel_order: str = "RGB",
-                     flip_test: bool = False) -> torch.Tensor:
-    """Heatmaps for uint8 RGB crops [N,3,H,W]; with flip_test, averaged with the un-flipped mirror."""
+                     flip_test: bool = False, with_plain: bool = False):
+    """Heatmaps for uint8 RGB crops [N,3,H,W]; with flip_test, averaged with the un-flipped mirror.
+
+    `with_plain` returns (the plain forward's heatmaps, the result) so callers can score the plain output.
+    """
     x = normalize_images(images_uint8, channel_order)
-    heatmaps = model(x)
-    if flip_test:
-        heatmaps = (heatmaps + flip_back(model(x.flip(-1)))) * 0.5
-    return heatmaps.float()
+    plain = model(x).float()
+    heatmaps = (plain + flip_back(model(x.flip(-1)).float())) * 0.5 if flip_test else plain
+    return (plain, heatmaps) if with_plain else heatmaps
 
 
 def predict_keypoints(model: torch.nn.Module, images_uint8: torch.Tensor, center: np.ndarray, scale: np.ndarray,
