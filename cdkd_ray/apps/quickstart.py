@@ -158,17 +158,22 @@ def format_results_table(results: dict[str, dict], costs: dict[str, dict]) -> st
     student_cost = next(v for k, v in costs.items() if k.startswith("student"))
     teacher_cost = next(v for k, v in costs.items() if k.startswith("teacher"))
     lines = [f"  {'model':<10}{'arch':<10}{'epochs':>7}{'GT loss first -> last epoch':>30}{'last/zeros':>11}"
-             f"{'best AP':>9}{'params':>13}{'GFLOPs':>8}"]
+             f"{'val loss':>10}{'best AP':>9}{'params':>13}{'GFLOPs':>8}"]
     for label, run in results.items():
         cost = teacher_cost if label == "teacher" else student_cost
         losses = f"{run['loss_gt_first']:.5f} -> {run['loss_gt_last']:.5f}"
         lines.append(f"  {label:<10}{run['arch']:<10}{run['epochs']:>7}{losses:>30}{run['loss_gt_vs_zeros']:>11.3f}"
-                     f"{run['best_ap']:>9.4f}{cost['parameters']:>13,}{cost['flops'] / 1e9:>8.3f}")
+                     f"{run.get('val_loss_gt_last', float('nan')):>10.5f}{run['best_ap']:>9.4f}"
+                     f"{cost['parameters']:>13,}{cost['flops'] / 1e9:>8.3f}")
     learned = [label for label, run in results.items() if run["loss_gt_last"] < run["loss_gt_first"]]
     verdict = (f"GT loss fell for {', '.join(learned)}" if learned else
                "no model's GT loss fell: too few steps to learn (a smoke test of the chain; --preset small trains longer)")
     lines.append(f"  {verdict}. last/zeros < 1 means better than predicting empty heatmaps; from scratch, AP stays "
                  "near 0 until a model leaves that plateau (~1,000 steps; see the README's Evidence section).")
+    if "baseline" in results and "CDKD" in results:
+        b, c = results["baseline"], results["CDKD"]
+        lines.append(f"  CDKD - baseline: {c['best_ap'] - b['best_ap']:+.4f} AP, GT loss {c['loss_gt_last'] - b['loss_gt_last']:+.5f}"
+                     " (one seed; `cdkd-ray compare` runs variants over seeds with confidence intervals).")
     return "\n".join(lines)
 
 

@@ -148,7 +148,7 @@ def plot_paired_differences(report: dict) -> bytes:
     from cdkd_ray.core.plots import subplots, to_png
 
     others = [r for r in report["variants"] if r["variant"] != report["baseline"]]
-    fig, ax = subplots(figsize=(1.6 * len(others) + 3, 3.6))
+    fig, ax = subplots(figsize=(max(6.0, 1.6 * len(others) + 3), 3.8))
     base = next(r for r in report["variants"] if r["variant"] == report["baseline"])
     for x, row in enumerate(others):
         d = row["vs_baseline"]["best_ap"]
@@ -160,7 +160,8 @@ def plot_paired_differences(report: dict) -> bytes:
     ax.axhline(0, color="black", lw=1)
     ax.set_xticks(range(len(others)), [r["variant"] for r in others], rotation=20)
     ax.set_ylabel(f"best AP - {report['baseline']}")
-    ax.set_title(f"paired difference, {report['ci_level']:.0%} CI ({report['ci_method']}); red: CI excludes 0")
+    ax.set_title(f"best AP minus {report['baseline']} per seed (gray), mean and {report['ci_level']:.0%} CI "
+                 f"({report['ci_method']})\nred: the interval excludes 0; blue: within noise", fontsize=9)
     ax.grid(alpha=0.3)
     return to_png(fig)
 

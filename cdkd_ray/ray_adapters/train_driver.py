@@ -178,10 +178,12 @@ def summarize_run(result, run_dir: Location, cfg: ExperimentConfig, kind: RunKin
 
 
 def gt_loss_progress(history: list[dict]) -> dict:
-    """GT heatmap loss of the first and last epoch, and the last against predicting all-zero heatmaps."""
+    """GT heatmap loss of the first and last epoch, the last against predicting all-zero heatmaps, and the last val loss."""
     first, last = history[0].get("loss_gt", float("nan")), history[-1].get("loss_gt", float("nan"))
     zeros = history[-1].get("loss_gt_zeros") or float("nan")
-    return {"loss_gt_first": first, "loss_gt_last": last, "loss_gt_vs_zeros": last / zeros}
+    val = [h["val_loss_gt"] for h in history if "val_loss_gt" in h]
+    return {"loss_gt_first": first, "loss_gt_last": last, "loss_gt_vs_zeros": last / zeros,
+            "val_loss_gt_last": val[-1] if val else float("nan")}
 
 
 def summary_line(summary: dict) -> str:
