@@ -1,3 +1,5 @@
+from collections import Counter
+
 import numpy as np
 import pytest
 
@@ -81,3 +83,36 @@ def test_corrupt_image_in_shard_is_reported_by_id(ray_session, synth_dir, tmp_pa
     fail_cfg = DataConfig(input_size=(128, 96), heatmap_size=(32, 24), on_bad_image="fail")
     with pytest.raises(Exception, match=f"image id={bad_id}"):
         build_dataset(str(root), "val", fail_cfg).take_all()
+
+
+def _batch_images(shards: str, cfg, epochs: int = 2) -> list[list[tuple]]:
+    """Per epoch, each batch as its sorted image ids (what the batch is made of)."""
+    from cdkd_ray.ray_adapters.pipeline import train_batches
+
+    ds = build_dataset(shards, "train", cfg.data, shuffle_files=True)
+    return [[tuple(sorted(b["image_id"].tolist())) for b in train_batches(ds, cfg, epoch)] for epoch in range(epochs)]
+
+
+@pytest.mark.timeout(300)
+def test_instances_are_shuffled_across_images_differently_each_epoch_and_repeatably(ray_session, synth_shards):
+    import ray.data
+
+    from cdkd_ray.core.config import load_config
+    from cdkd_ray.core.experiment import ExperimentConfig
+
+    ctx = ray.data.DataContext.get_current()
+    saved, ctx.execution_options.preserve_order = ctx.execution_options.preserve_order, True
+    try:
+        cfg = lambda *o: load_config(ExperimentConfig, "tiny", ["train.batch_size=4", *o])  # noqa: E731
+        shuffled, again = _batch_images(synth_shards, cfg()), _batch_images(synth_shards, cfg())
+        other_seed = _batch_images(synth_shards, cfg("data.seed=1"))
+        plain = _batch_images(synth_shards, cfg("data.shuffle_buffer=0"))
+    finally:
+        ctx.execution_options.preserve_order = saved
+    assert shuffled == again  # the same seed gives the same batches, epoch by epoch
+    assert shuffled[0] != shuffled[1] and shuffled[0] != other_seed[0]  # each epoch (and seed) draws anew
+    first, second = Counter(sum(shuffled[0], ())), Counter(sum(shuffled[1], ()))
+    assert sum((first - second).values()) < 4  # the same instances, regrouped (drop_last drops < one batch)
+    # without the buffer batches hold runs of consecutive images; with it they mix images across the split
+    spread = lambda epoch: np.mean([max(b) - min(b) for b in epoch])  # noqa: E731
+    assert spread(shuffled[0]) > 2 * spread(plain[0])

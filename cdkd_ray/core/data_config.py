@@ -32,6 +32,7 @@ class DataConfig:
     on_bad_image: Literal["skip", "fail"] = "skip"
     verify_shards: bool = True  # check every part's size and SHA-256 against the manifest when a run starts
     images_per_block: int = 16  # images per map_batches call
+    shuffle_buffer: int = 512  # training instances mixed across images and blocks, reseeded every epoch (0: off)
     num_cpus_per_task: float = 0.5
     seed: Optional[int] = 0
 
@@ -54,6 +55,8 @@ class DataConfig:
             raise ConfigError(f"{where}.scale_factor must be within [0, 1)")
         if self.images_per_block < 1:
             raise ConfigError(f"{where}.images_per_block must be >= 1")
+        if self.shuffle_buffer < 0:
+            raise ConfigError(f"{where}.shuffle_buffer must be >= 0 (0 turns instance shuffling off)")
 
     @property
     def aspect(self) -> float:

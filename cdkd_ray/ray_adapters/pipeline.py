@@ -77,6 +77,24 @@ def build_dataset(uri: str, split: str, cfg: DataConfig, train: bool | None = No
     )
 
 
+def shuffle_seed(seed: int | None, epoch: int, rank: int) -> int | None:
+    """The instance shuffle's seed: fixed by (seed, epoch, rank), so runs repeat and epochs differ (None: random)."""
+    return None if seed is None else (seed * 1_000_003 + epoch * 7_919 + rank) % (2**31)
+
+
+def train_batches(source, cfg: ExperimentConfig, epoch: int, rank: int = 0):
+    """An epoch of training batches from a Dataset or a worker's DataIterator.
+
+    Instances are drawn from a local shuffle buffer of `data.shuffle_buffer` instances across images and
+    blocks (as a DataLoader with shuffle=True draws them), reseeded every epoch. Files are shuffled too,
+    reseeded by Ray every execution.
+    """
+    buffer = cfg.data.shuffle_buffer
+    shuffle = {"local_shuffle_buffer_size": buffer, "local_shuffle_seed": shuffle_seed(cfg.data.seed, epoch, rank)} \
+        if buffer else {}
+    return source.iter_torch_batches(batch_size=cfg.train.batch_size, drop_last=True, **shuffle)
+
+
 class TeacherStage:
     """Ray Data actor-pool stage: adds `teacher_heatmaps` and `teacher_features` to each batch."""
 

@@ -11,6 +11,7 @@ from cdkd_ray.core.checkpoint import checkpoint_dir_name, save_checkpoint
 from cdkd_ray.core.config import from_dict
 from cdkd_ray.core.experiment import ExperimentConfig, RunKind
 from cdkd_ray.core.shard_reader import load_split_annotations
+from cdkd_ray.ray_adapters.pipeline import train_batches
 from cdkd_ray.core.training import (
     close_epoch, evaluate, fit_epoch, is_eval_epoch, new_session, restore_session, trainer_state,
 )
@@ -41,7 +42,7 @@ def train_loop_per_worker(config: dict) -> None:
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val") if rank == 0 else None
     for epoch in range(session.start_epoch, cfg.train.epochs):
-        batches = train_shard.iter_torch_batches(batch_size=cfg.train.batch_size, drop_last=True)
+        batches = train_batches(train_shard, cfg, epoch, rank)
         metrics = fit_epoch(session, batches, epoch, world)
         metrics["node_id"] = ray.get_runtime_context().get_node_id()
         if config.get("bad_images") is not None:  # undecodable images skipped so far (on_bad_image=skip)
