@@ -36,8 +36,9 @@ def history(run_dir) -> list[dict]:
 
 def test_distill_local_then_resume_and_outputs(ray_session, synth_shards, teacher_file, tmp_path):
     storage = str(tmp_path / "runs")
-    first = run_training(tiny(), RunKind.CDKD, synth_shards, storage, "cdkd-a", teacher_checkpoint=teacher_file)
-    assert first["epochs"] == 2 and first["kind"] == "cdkd"
+    first = run_training(tiny("teacher.placement=pool"), RunKind.CDKD, synth_shards, storage, "cdkd-a",
+                         teacher_checkpoint=teacher_file)
+    assert first["epochs"] == 2 and first["kind"] == "cdkd" and first["teacher_placement"] == "pool"
     rows = history(first["run_dir"])
     assert [r["epoch"] for r in rows] == [0, 1]
     for r in rows:
@@ -50,6 +51,7 @@ def test_distill_local_then_resume_and_outputs(ray_session, synth_shards, teache
     # the same command with more epochs resumes from the last checkpoint instead of restarting
     second = run_training(tiny("train.epochs=3"), RunKind.CDKD, synth_shards, storage, "cdkd-a", teacher_checkpoint=teacher_file)
     resumed = history(second["run_dir"])
+    assert second["teacher_placement"] == "worker"  # the default, auto, keeps the teacher in the worker on CPUs
     assert [r["epoch"] for r in resumed] == [0, 1, 2]
     assert resumed[:2] == rows  # restored history, nothing re-run
     # the plain baseline sees identical batches for the same seed
@@ -147,3 +149,15 @@ def test_the_resource_watch_interrupts_a_run_waiting_longer_than_its_limit():
     with idle:
         time.sleep(0.6)
     assert idle.missing == []
+
+
+def test_auto_teacher_placement_follows_the_clusters_gpus():
+    from cdkd_ray.core.experiment import resolve_teacher_placement
+
+    cpu = tiny()
+    assert resolve_teacher_placement(cpu, 0)[0] == "worker"
+    gpu_pool = tiny("teacher.num_gpus=0.5", "train.use_gpu=true", "train.num_workers=2")
+    assert resolve_teacher_placement(gpu_pool, 4)[0] == "pool"  # 2 GPUs to spare for a 0.5-GPU pool actor
+    placement, why = resolve_teacher_placement(gpu_pool, 2)  # the workers take every GPU
+    assert placement == "worker" and "no GPUs to spare" in why
+    assert resolve_teacher_placement(tiny("teacher.placement=pool"), 0) == ("pool", "teacher.placement=pool in the config")

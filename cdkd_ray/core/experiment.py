@@ -29,7 +29,7 @@ class RunKind(str, enum.Enum):
 class TeacherConfig:
     arch: Arch = "resnet50"  # what train-teacher trains
     checkpoint: Optional[str] = None  # our checkpoint/export dir or an external SimpleBaseline/mmpose file
-    placement: Literal["pool", "worker"] = "pool"
+    placement: Literal["auto", "pool", "worker"] = "auto"  # auto: see resolve_teacher_placement
     pool_min: int = 1
     pool_max: int = 2
     num_cpus: float = 1.0
@@ -93,3 +93,23 @@ def experiment_for(kind: RunKind, cfg: ExperimentConfig) -> ExperimentConfig:
     if kind is RunKind.TEACHER:
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, arch=cfg.teacher.arch))
     return dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill, enabled=kind.distills))
+
+
+def resolve_teacher_placement(cfg: ExperimentConfig, cluster_gpus: float) -> tuple[str, str]:
+    """(pool | worker, why) for the teacher of a distilling run; `auto` decides from the cluster's GPUs.
+
+    A separate pool pays for moving the teacher's outputs through the object store, which only pays back when
+    the teacher gets GPUs of its own; on CPUs it competes with the workers for the same cores.
+    """
+    t, train = cfg.teacher, cfg.train
+    if t.placement != "auto":
+        return t.placement, f"teacher.placement={t.placement} in the config"
+    spare = cluster_gpus - (train.num_workers if train.use_gpu else 0)
+    if t.num_gpus > 0 and spare >= t.num_gpus * t.pool_min:
+        return "pool", (f"a GPU teacher pool: the cluster has {cluster_gpus:g} GPUs, the workers take "
+                        f"{cluster_gpus - spare:g}, each pool actor gets teacher.num_gpus={t.num_gpus:g}")
+    if cluster_gpus > 0:
+        return "worker", ("the teacher inside each worker: no GPUs to spare for a pool (teacher.num_gpus="
+                          f"{t.num_gpus:g}, {cluster_gpus:g} GPUs in the cluster)")
+    return "worker", ("the teacher inside each worker: no GPUs, and on CPUs a pool competes with the workers for "
+                      "the same cores and adds object-store traffic (bench/train_throughput.py measures both)")

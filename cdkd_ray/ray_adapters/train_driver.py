@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import sys
 
 from cdkd_ray.core.checkpoint import STATE_FILE
 from cdkd_ray.core.config import to_dict
 from cdkd_ray.core.errors import CdkdError
-from cdkd_ray.core.experiment import ExperimentConfig, RunKind, experiment_for
+from cdkd_ray.core.experiment import ExperimentConfig, RunKind, experiment_for, resolve_teacher_placement
 from cdkd_ray.core.names import check_name
 from cdkd_ray.core.run_identity import claim_run, run_identity
 from cdkd_ray.core.run_outputs import write_run_outputs
@@ -100,6 +101,7 @@ def run_training(cfg: ExperimentConfig, kind: RunKind, data_uri: str, storage_ur
     name = free_run_name(storage, check_name(name, "run name")) if new_run else check_name(name, "run name")
     _claim(cfg, kind, data_uri, storage, name, teacher_checkpoint, s3_endpoint)
     ensure_ray(ray_address)
+    cfg = _place_teacher(cfg, kind)
     from cdkd_ray.ray_adapters.pipeline import new_bad_image_counter
 
     bad_images = new_bad_image_counter()
@@ -120,6 +122,21 @@ def run_training(cfg: ExperimentConfig, kind: RunKind, data_uri: str, storage_ur
     if result.error:
         raise CdkdError(f"training run '{name}' failed: {result.error}")
     return summarize_run(result, storage.join(name), cfg, kind, name, write_outputs)
+
+
+def _place_teacher(cfg: ExperimentConfig, kind: RunKind) -> ExperimentConfig:
+    """The config with teacher.placement resolved (auto -> pool or worker, from the cluster's GPUs), logged."""
+    import dataclasses
+    import logging
+
+    import ray
+
+    if not kind.distills:
+        return cfg
+    placement, why = resolve_teacher_placement(cfg, ray.cluster_resources().get("GPU", 0.0))
+    logging.getLogger("cdkd_ray.train").info("teacher placement: %s (%s)", placement, why)
+    print(f"teacher placement: {placement} ({why})", file=sys.stderr, flush=True)
+    return dataclasses.replace(cfg, teacher=dataclasses.replace(cfg.teacher, placement=placement))
 
 
 def _fit_watched(trainer, name: str, limit_s: float | None):
@@ -171,6 +188,7 @@ def summarize_run(result, run_dir: Location, cfg: ExperimentConfig, kind: RunKin
         "best_ap": best_state["metrics"].get("AP", 0.0), "best_epoch": best_state["epoch"],
         "best_checkpoint": as_uri(best_path), "latest_checkpoint": as_uri(latest.path),
         "final_ap": history[-1].get("AP", 0.0), "run_dir": run_dir.uri, **gt_loss_progress(history),
+        "teacher_placement": cfg.teacher.placement if kind.distills else None,
         "bad_images_skipped": max((h.get("bad_images_skipped", 0) for h in history), default=0), **outputs,
     }
     run_dir.join("summary.json").write_bytes(json.dumps(summary, indent=1).encode())
