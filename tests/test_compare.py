@@ -123,6 +123,11 @@ def test_two_by_two_study_resumes_and_reports_paired_intervals(synth_shards, tea
     for path, mtime in kept.items():  # finished runs were not trained again
         assert path.stat().st_mtime_ns == mtime
     _check_report(report, out / "mini")
+    rebuilt = _compare(["--config", str(study_file), "--storage", str(out), "--report-only", "--json"], env, timeout=120)
+    assert rebuilt.returncode == 0, rebuilt.stderr[-2000:]  # the teacher (for the FLOP ratio) comes from study.json
+    again = json.loads(rebuilt.stdout.strip().splitlines()[-1])
+    assert again["variants"][1]["vs_baseline"] == report["variants"][1]["vs_baseline"]
+    assert again["variants"][1]["flops_step_ratio"] == report["variants"][1]["flops_step_ratio"] > 1
 
 
 def _check_report(report: dict, study_dir) -> None:

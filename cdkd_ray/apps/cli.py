@@ -330,14 +330,15 @@ def cmd_compare(args: argparse.Namespace) -> None:
     from cdkd_ray.core.study import load_study
     from cdkd_ray.core.study_report import markdown_table
     from cdkd_ray.core.storage import resolve
-    from cdkd_ray.ray_adapters.compare import run_compare, write_report
+    from cdkd_ray.ray_adapters.compare import recorded_teacher, run_compare, write_report
 
     if not args.report_only and not args.data:
         raise CdkdError("compare needs --data (the shard root holding train/ and val/), unless --report-only")
     study = load_study(args.config, args.overrides)
     name = args.name or os.path.splitext(os.path.basename(args.config))[0]
     if args.report_only:
-        report = write_report(study, resolve(args.storage, args.s3_endpoint).join(name), args.teacher)
+        study_dir = resolve(args.storage, args.s3_endpoint).join(name)
+        report = write_report(study, study_dir, args.teacher or recorded_teacher(study_dir))
     else:
         _preflight_if_connected(args, _compare_bundles(study))
         report = run_compare(study, args.data, args.storage, name, args.teacher, resume=args.resume,

@@ -40,14 +40,14 @@ def _trial_fn(config: dict) -> None:
                  callbacks=[TuneReportCallback()])
 
 
-def _claim_study(study: StudyConfig, study_dir: Location, identity: dict, resume: bool) -> bool:
-    """Record a new study, or check that `resume` continues the same one; True when resuming."""
+def _claim_study(study: StudyConfig, study_dir: Location, identity: dict, resume: bool, where: dict) -> bool:
+    """Record a new study (and `where` its data and teacher are), or check that `resume` continues the same one."""
     path = study_dir.join(STUDY_FILE)
     if not path.exists():
         if resume:
             raise CdkdError(f"nothing to resume: no study in {study_dir.uri}")
         study_dir.makedirs()
-        path.write_atomic(json.dumps({"identity": identity, "study": to_dict(study)}, indent=1).encode())
+        path.write_atomic(json.dumps({"identity": identity, "study": to_dict(study), **where}, indent=1).encode())
         return False
     if not resume:
         raise CdkdError(f"a study already exists in {study_dir.uri}: pass --resume to continue it, or choose "
@@ -73,7 +73,7 @@ def prepare_study(study: StudyConfig, data_uri: str, storage_uri: str, name: str
     identity = study_identity(study, data_digest(manifests), file_digest(teacher))
     storage = resolve(storage_uri, s3_endpoint)
     study_dir = storage.join(name)
-    _claim_study(study, study_dir, identity, resume)
+    _claim_study(study, study_dir, identity, resume, {"data": data_uri, "teacher": teacher})
     base = {"configs": configs, "data": data_uri, "teacher": teacher, "s3_endpoint": s3_endpoint,
             "runs": study_dir.join(RUNS).uri}
     return study_dir, base
@@ -125,6 +125,14 @@ def read_run(runs: Location, name: str) -> dict:
     lines = runs.join(name, "metrics.jsonl").read_bytes().decode().splitlines()
     summary["history"] = [json.loads(line) for line in lines if line.strip()]
     return summary
+
+
+def recorded_teacher(study_dir: Location) -> str | None:
+    """The teacher the study was started with (study.json), for rebuilding its report."""
+    path = study_dir.join(STUDY_FILE)
+    if not path.exists():
+        raise CdkdError(f"no study in {study_dir.uri} (no {STUDY_FILE})")
+    return json.loads(path.read_bytes()).get("teacher")
 
 
 def write_report(study: StudyConfig, study_dir: Location, teacher: str | None) -> dict:
