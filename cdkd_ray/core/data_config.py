@@ -32,6 +32,7 @@ class DataConfig:
     on_bad_image: Literal["skip", "fail"] = "skip"
     verify_shards: bool = True  # check every part's size and SHA-256 against the manifest when a run starts
     images_per_block: int = 16  # images per map_batches call
+    s3_client: Literal["pyarrow", "s3fs"] = "pyarrow"  # how training reads Parquet parts from s3://
     shuffle_buffer: int = 512  # training instances mixed across images and blocks, reseeded every epoch (0: off)
     num_cpus_per_task: float = 0.5
     seed: Optional[int] = 0

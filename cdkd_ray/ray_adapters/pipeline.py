@@ -11,6 +11,7 @@ from cdkd_ray.core.data_config import DataConfig
 from cdkd_ray.core.experiment import ExperimentConfig
 from cdkd_ray.core.instances import build_instances, load_detections, rows_from_arrow
 from cdkd_ray.core.shards import shard_files
+from cdkd_ray.core.storage import arrow_s3_filesystem
 from cdkd_ray.core.teacher import Teacher
 
 
@@ -47,6 +48,13 @@ def _instances_udf(batch, cfg: DataConfig, train: bool, epoch: int,
     return build_instances(rows_from_arrow(batch), cfg, train, epoch + execution_index(), detections, on_skip=on_skip)
 
 
+def _read_filesystem(location, cfg: DataConfig):
+    """None for local parts; for s3://, pyarrow's native S3 client (data.s3_client=pyarrow) or s3fs."""
+    if not location.is_remote:
+        return None
+    return arrow_s3_filesystem(location) if cfg.s3_client == "pyarrow" else location.fs
+
+
 def build_dataset(uri: str, split: str, cfg: DataConfig, train: bool | None = None, epoch: int = 0,
                   s3_endpoint: str | None = None, detections_file: str | None = None,
                   shuffle_files: bool = False, bad_images=None):
@@ -67,7 +75,7 @@ def build_dataset(uri: str, split: str, cfg: DataConfig, train: bool | None = No
         from ray.data import FileShuffleConfig
 
         shuffle = FileShuffleConfig(seed=cfg.seed) if cfg.seed is not None else "files"
-    ds = ray.data.read_parquet(paths, filesystem=location.fs if location.is_remote else None, shuffle=shuffle)
+    ds = ray.data.read_parquet(paths, filesystem=_read_filesystem(location, cfg), shuffle=shuffle)
     return ds.map_batches(
         _instances_udf,
         fn_kwargs={"cfg": cfg, "train": train, "epoch": epoch, "detections": detections, "bad_images": bad_images},
