@@ -91,3 +91,16 @@ def synth_shards(synth_dir, tmp_path_factory) -> str:
     from cdkd_ray.apps.recipes import shard_coco_dir
 
     return shard_coco_dir(str(synth_dir), str(tmp_path_factory.mktemp("shards")), rows_per_file=10)
+
+
+@pytest.fixture(scope="session")
+def teacher_file(tmp_path_factory) -> str:
+    """A ResNet-18 teacher with random weights as a bare state_dict file (the mechanics are under test)."""
+    import torch
+
+    from cdkd_ray.core.models.pose_resnet import ModelConfig, PoseResNet
+
+    path = tmp_path_factory.mktemp("teacher") / "teacher.pth"
+    torch.manual_seed(2)
+    torch.save(PoseResNet(ModelConfig(arch="resnet18")).state_dict(), path)
+    return str(path)

@@ -11,7 +11,6 @@ import sys
 import time
 
 import pytest
-import torch
 import yaml
 
 from cdkd_ray.core.errors import ConfigError
@@ -66,16 +65,6 @@ def test_study_identity_refuses_changes_but_not_resources():
     assert study_changes(identity, study_identity(same_but_wider, "d", None)) == []
     assert any("dropout_p: 0.3 -> 0.4" in line for line in study_changes(identity, study_identity(changed, "d", None)))
     assert any(line.startswith("data_digest") for line in study_changes(identity, study_identity(study, "e", None)))
-
-
-@pytest.fixture(scope="module")
-def teacher_file(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("compare-teacher") / "teacher.pth"
-    torch.manual_seed(2)
-    from cdkd_ray.core.models.pose_resnet import ModelConfig, PoseResNet
-
-    torch.save(PoseResNet(ModelConfig(arch="resnet18")).state_dict(), path)
-    return str(path)
 
 
 def _compare(args: list[str], env: dict, **kw):

@@ -9,10 +9,8 @@ import sys
 import time
 
 import pytest
-import torch
 import yaml
 
-from cdkd_ray.core.models.pose_resnet import ModelConfig, PoseResNet
 from cdkd_ray.ray_adapters.sweep_config import SweepConfig
 from cdkd_ray.ray_adapters.sweep import run_sweep
 from cdkd_ray.core.errors import CdkdError
@@ -25,14 +23,6 @@ def sweep_config(**kw) -> SweepConfig:
                   search=SEARCH, search_alg="grid", max_concurrent_trials=2, trial_workers=1)
     values.update(kw)
     return SweepConfig(**values)
-
-
-@pytest.fixture(scope="module")
-def teacher_file(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("sweep-teacher") / "teacher.pth"
-    torch.manual_seed(2)
-    torch.save(PoseResNet(ModelConfig(arch="resnet18")).state_dict(), path)
-    return str(path)
 
 
 @pytest.mark.timeout(400)
