@@ -173,6 +173,9 @@ def test_preflight_of_a_sweep_and_of_serving():
     too_many = run_cli("preflight", "--sweep", REPO / "examples" / "sweep-gpu.yaml", "--cluster",
                        REPO / "clusters" / "aws.yaml", "max_concurrent_trials=5")
     assert too_many.returncode == 2 and "trial 5: train worker" in too_many.stdout
+    study = last_json(run_cli("preflight", "--study", REPO / "bench" / "studies" / "underfit.yaml", "--cluster",
+                              REPO / "clusters" / "aws.yaml", "max_concurrent_trials=3", "--json"))
+    assert study["ok"] and study["asked"]["CPU"] == pytest.approx(3 * (0.01 + 1 + 0.5))
     serve = run_cli("preflight", "--serve", "--cluster", REPO / "clusters" / "kuberay" / "rayservice.yaml",
                     "min_replicas=40", "max_replicas=40", "num_cpus=1")
     assert serve.returncode == 2 and "Serve pose replica" in serve.stdout

@@ -381,7 +381,7 @@ def _sweep_bundles(sweep):
 
 
 def _preflight_bundles(args: argparse.Namespace):
-    """The bundles of the job named by --config/--kind, --sweep or --serve."""
+    """The bundles of the job named by --config/--kind, --sweep, --study or --serve."""
     from cdkd_ray.core.config import apply_overrides, from_dict, load_config
     from cdkd_ray.core.experiment import ExperimentConfig, RunKind
     from cdkd_ray.core.preflight import training_bundles
@@ -390,6 +390,10 @@ def _preflight_bundles(args: argparse.Namespace):
         from cdkd_ray.ray_adapters.sweep import load_sweep_config
 
         return _sweep_bundles(load_sweep_config(args.sweep, args.overrides))
+    if args.study:
+        from cdkd_ray.core.study import load_study
+
+        return _compare_bundles(load_study(args.study, args.overrides))
     if args.serve:
         from cdkd_ray.ray_adapters.serve.app import ServeConfig
 
@@ -623,6 +627,7 @@ def build_parser() -> argparse.ArgumentParser:
     job = p.add_mutually_exclusive_group()
     job.add_argument("--config", default="coco-r18-256x192", help="experiment preset or YAML (default: the paper's)")
     job.add_argument("--sweep", help="a sweep YAML (its concurrent trials)")
+    job.add_argument("--study", help="a compare study YAML (its concurrent trials)")
     job.add_argument("--serve", action="store_true", help="the Serve app (KEY=VALUE: ServeConfig overrides)")
     p.add_argument("--kind", choices=["teacher", "baseline", "cdkd"], default="cdkd", help="the run (default cdkd)")
     p.add_argument("--cluster", help="a cluster-launcher YAML or a KubeRay RayCluster/RayJob/RayService manifest "
