@@ -58,7 +58,7 @@ def test_kuberay_manifests_and_serve_configs_parse():
 def test_every_entrypoint_names_an_existing_script():
     texts = [p.read_text() for p in MANIFESTS] + [(REPO / "jobs" / "README.md").read_text()]
     scripts = {m for text in texts for m in re.findall(r"python (jobs/\S+\.py)", text)}
-    assert {"jobs/train_teacher.py", "jobs/distill.py", "jobs/sweep.py", "jobs/serve.py"} <= scripts
+    assert {"jobs/train_teacher.py", "jobs/distill.py", "jobs/sweep.py", "jobs/compare.py", "jobs/serve.py"} <= scripts
     for script in scripts:
         assert (REPO / script).is_file(), script
         proc = subprocess.run([sys.executable, str(REPO / script), "--help"], capture_output=True, text=True, timeout=60)
