@@ -1,6 +1,7 @@
 """`cdkd-ray compare`: every variant x seed of a study as one Ray Tune grid, then the report.
 
-Layout under STORAGE/NAME: study.json (what the study is; a resume must match it), Tune's state,
+Layout under STORAGE/NAME: study.json (what the study is; a resume must match it), trials.json (what
+each trial reads when it starts: resolved configs, data, teacher), Tune's state,
 runs/VARIANT-seedN (one Ray Train run each: checkpoints, metrics.jsonl, summary.json) and the report
 (report.md, report.json, ap_per_epoch.png, paired_diff.png).
 """
@@ -23,6 +24,7 @@ from cdkd_ray.core.study_report import (
 )
 
 STUDY_FILE = "study.json"
+TRIALS_FILE = "trials.json"  # what trials read when they start: rewritten at every start and resume
 RUNS = "runs"
 
 
@@ -32,7 +34,8 @@ def _trial_fn(config: dict) -> None:
 
     from cdkd_ray.ray_adapters.train_driver import run_training
 
-    base, variant, seed = config["__base"], config["variant"], config["seed"]
+    study_dir = resolve(config["__study_dir"], config.get("__s3_endpoint"))
+    base, variant, seed = json.loads(study_dir.join(TRIALS_FILE).read_bytes()), config["variant"], config["seed"]
     cfg = from_dict(ExperimentConfig, apply_overrides(base["configs"][variant], [f"{k}={seed}" for k in SEED_KEYS]))
     kind = distill_kind(cfg)
     run_training(cfg, kind, base["data"], base["runs"], run_name(variant, seed),
@@ -76,10 +79,13 @@ def prepare_study(study: StudyConfig, data_uri: str, storage_uri: str, name: str
     _claim_study(study, study_dir, identity, resume, {"data": data_uri, "teacher": teacher})
     base = {"configs": configs, "data": data_uri, "teacher": teacher, "s3_endpoint": s3_endpoint,
             "runs": study_dir.join(RUNS).uri}
+    # Trials read this when they start, not a copy frozen in Tune's state: on resume, changed resources
+    # (or a moved data folder with the same content) apply to the trials still to run.
+    study_dir.join(TRIALS_FILE).write_atomic(json.dumps(base, indent=1).encode())
     return study_dir, base
 
 
-def _tuner(study: StudyConfig, study_dir: Location, base: dict):
+def _tuner(study: StudyConfig, study_dir: Location, s3_endpoint: str | None):
     """A new Tune grid over variant x seed, or the interrupted one restored (finished trials are kept)."""
     from ray import tune
 
@@ -93,7 +99,7 @@ def _tuner(study: StudyConfig, study_dir: Location, base: dict):
     return tune.Tuner(
         trainable,
         param_space={"variant": tune.grid_search(list(study.variants)), "seed": tune.grid_search(list(study.seeds)),
-                     "__base": base},
+                     "__study_dir": study_dir.uri, "__s3_endpoint": s3_endpoint},
         tune_config=tune.TuneConfig(metric=SCORE_KEY, mode="max", max_concurrent_trials=study.max_concurrent_trials),
         run_config=tune.RunConfig(name=study_dir.uri.rstrip("/").rsplit("/", 1)[1], storage_path=storage_path,
                                   storage_filesystem=fs, verbose=0),
@@ -107,7 +113,7 @@ def run_compare(study: StudyConfig, data_uri: str, storage_uri: str, name: str, 
 
     study_dir, base = prepare_study(study, data_uri, storage_uri, name, teacher, resume, s3_endpoint)
     ensure_ray(ray_address)
-    results = _tuner(study, study_dir, base).fit()
+    results = _tuner(study, study_dir, s3_endpoint).fit()
     failed = [r for r in results if r.error is not None]
     if failed:
         which = ", ".join(run_name(r.config["variant"], r.config["seed"]) for r in failed)
