@@ -60,6 +60,29 @@ def ray_train_rate(shards: str, storage: str, name: str, overrides: list[str], t
         return json.load(f)["history"][-1]["images_per_s"]  # epoch 2: start-up excluded
 
 
+def pool_payload(shards: str, cfg: ExperimentConfig, teacher: str, batch: int = 32) -> dict:
+    """What one sample costs on its way from the teacher pool to a worker: bytes, and numpy <-> Arrow time."""
+    import numpy as np
+    from ray.data.block import BlockAccessor
+
+    from cdkd_ray.core.instances import build_instances
+    from cdkd_ray.core.shard_reader import iter_shard_rows
+    from cdkd_ray.ray_adapters.pipeline import TeacherStage
+
+    parts = [build_instances(rows, cfg.data, True) for rows in iter_shard_rows(shards, "train", 16, limit=64)]
+    merged = {k: np.concatenate([p[k] for p in parts])[:batch] for k in parts[0]}
+    out = TeacherStage(teacher, cfg.distill.teacher_tap, num_threads=1)(merged)
+    n = len(out["image"])
+    started = time.perf_counter()
+    for _ in range(5):
+        block = BlockAccessor.batch_to_block(out)
+        BlockAccessor.for_block(block).to_numpy()
+    seconds = (time.perf_counter() - started) / 5
+    teacher_bytes = out["teacher_heatmaps"].nbytes + out["teacher_features"].nbytes
+    return {"bytes_per_sample": sum(v.nbytes for v in out.values()) / n, "teacher_bytes_per_sample": teacher_bytes / n,
+            "arrow_round_trip_ms_per_sample": 1000 * seconds / n}
+
+
 def _latest(storage: str, name: str) -> str:
     return sorted(d for d in os.listdir(os.path.join(storage, name)) if d.startswith("checkpoint_epoch"))[-1]
 
@@ -93,6 +116,12 @@ def main() -> None:
     base = one
     in_worker = ray_train_rate(shards, storage, "kd-worker", [*single, "teacher.placement=worker"], teacher)
     pool = ray_train_rate(shards, storage, "kd-pool", [*single, "teacher.placement=pool"], teacher)
+    pool_sizes = {b: ray_train_rate(shards, storage, f"kd-pool-b{b}", [*single, "teacher.placement=pool",
+                                                                        f"teacher.batch_size={b}"], teacher)
+                  for b in (8, 64)}
+    pool_2cpu = ray_train_rate(shards, storage, "kd-pool-2cpu", [*single, "teacher.placement=pool",
+                                                                 "teacher.num_cpus=2"], teacher)
+    payload = pool_payload(shards, cfg, teacher)
 
     costs = model_info("tiny", overrides=["teacher.arch=resnet50"])["models"]
     s_flops = next(v["flops"] for k, v in costs.items() if k.startswith("student"))
@@ -103,13 +132,22 @@ def main() -> None:
               "ray1_over_plain": one / plain, "ray2_over_plain": two / plain,
               "baseline_images_per_s": base, "cdkd_teacher_in_worker": in_worker, "cdkd_teacher_pool": pool,
               "cdkd_step_cost_in_worker": base / in_worker, "cdkd_step_cost_pool": base / pool,
-              "flop_expected_step_cost": expected}
+              "flop_expected_step_cost": expected, "pool_over_in_worker": in_worker / pool,
+              "cdkd_teacher_pool_batch": {**{b: r for b, r in pool_sizes.items()}, 32: pool},
+              "cdkd_teacher_pool_2_threads": pool_2cpu, **payload}
     print(f"core training step, no Ray, in memory     {plain:7.1f} img/s")
     print(f"Ray Train, 1 worker (batch {GLOBAL_BATCH})            {one:7.1f} img/s   {one / plain:.2f}x plain")
     print(f"Ray Train, 2 workers (batch {GLOBAL_BATCH // 2} each)       {two:7.1f} img/s   {two / plain:.2f}x plain")
     print(f"CDKD, teacher in worker                   {in_worker:7.1f} img/s   step cost {base / in_worker:.2f}x baseline")
     print(f"CDKD, teacher as actor pool               {pool:7.1f} img/s   step cost {base / pool:.2f}x baseline")
     print(f"FLOP-based expectation (teacher serial)   step cost {expected:.2f}x baseline")
+    print(f"pool step cost / in-worker step cost      {in_worker / pool:.2f}x")
+    for b, r in sorted(result["cdkd_teacher_pool_batch"].items()):
+        print(f"  pool, teacher batch {b:<3}                  {r:7.1f} img/s   step cost {base / r:.2f}x baseline")
+    print(f"  pool, 2 threads per actor (num_cpus=2)   {pool_2cpu:7.1f} img/s   step cost {base / pool_2cpu:.2f}x baseline")
+    print(f"  per sample through the object store: {payload['bytes_per_sample'] / 1024:.1f} KiB "
+          f"({payload['teacher_bytes_per_sample'] / 1024:.1f} KiB teacher outputs); numpy -> Arrow -> numpy "
+          f"{payload['arrow_round_trip_ms_per_sample']:.3f} ms")
     if args.json:
         print(json.dumps(result))
 
