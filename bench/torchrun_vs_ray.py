@@ -1,6 +1,6 @@
 """What does Ray cost? Ray Train + Ray Data against torchrun + DataLoader, side by side in one run.
 
-    python bench/torchrun_vs_ray.py [--images 300] [--epochs 4] [--json]
+    python bench/torchrun_vs_ray.py [--images 600] [--epochs 3] [--json]
 
 Both sides read the same shards, run the same decode/augment/target code (`build_instances`), the same
 model and the same training step (the core's `fit_epoch`), at 1 and 2 workers with the same global batch
@@ -190,8 +190,8 @@ def report(rates: dict) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=300)
-    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--images", type=int, default=600)
+    parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--shards", help="existing shard root (default: synthesise --images)")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # one torchrun rank

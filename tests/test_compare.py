@@ -137,3 +137,32 @@ def _check_report(report: dict, study_dir) -> None:
         assert digests[0] == digests[1]
     md = (study_dir / "report.md").read_text()
     assert "paired Student t" in md and "cdkd-p0.3" in md and ("within noise" in md or "than baseline" in md)
+
+
+def _fake_run(kind: str, best: float, step_s: float, seed: int) -> dict:
+    history = [{"epoch": e, "steps": 10, "epoch_seconds": 10 * step_s, "loss_gt": 0.006 - 0.001 * e,
+                "val_loss_gt": 0.0065 - 0.001 * e, "AP": best * (e + 1) / 2, "AP50": 0.0} for e in range(2)]
+    return {"kind": kind, "best_ap": best, "final_ap": best, "history": history, "seed": seed}
+
+
+def test_report_pairs_seeds_and_computes_contrasts_and_costs():
+    from cdkd_ray.core.study_report import build_report, contrasts_table, markdown_table
+
+    study = StudyConfig(experiment="tiny", seeds=[0, 1, 2], contrasts=[["p5", "p0"]],
+                        variants={"baseline": {"distill.enabled": False}, "p0": {"distill.dropout_p": 0},
+                                  "p5": {"distill.dropout_p": 0.5}})
+    runs = {"baseline": [_fake_run("baseline", a, 1.0, s) for s, a in enumerate((0.10, 0.20, 0.30))],
+            "p0": [_fake_run("cdkd", a, 1.5, s) for s, a in enumerate((0.15, 0.26, 0.34))],
+            "p5": [_fake_run("cdkd", a, 1.5, s) for s, a in enumerate((0.14, 0.27, 0.33))]}
+    costs = {v: {"arch": "resnet18", "parameters": 1, "gflops": 1.0, "flops_step_ratio": 1.0 if v == "baseline" else 1.4}
+             for v in study.variants}
+    report = build_report(study, "s", runs, costs)
+    p0 = report["variants"][1]
+    assert p0["best_ap_mean"] == pytest.approx(0.25) and p0["step_cost_vs_baseline"] == pytest.approx(1.5)
+    assert not p0["vs_baseline"]["best_ap"]["within_noise"]  # +0.05, +0.06, +0.04: every seed gained
+    contrast = report["contrasts"][0]["best_ap"]
+    assert contrast["mean"] == pytest.approx(-0.0033333, abs=1e-6) and contrast["within_noise"]
+    assert "within noise" in contrasts_table(report) and "| p5 | p0 |" in contrasts_table(report)
+    assert "better than baseline" in markdown_table(report)
+    with pytest.raises(ConfigError, match="contrasts"):
+        StudyConfig(contrasts=[["cdkd", "nope"]]).validate()

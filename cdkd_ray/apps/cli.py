@@ -328,7 +328,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 
 def cmd_compare(args: argparse.Namespace) -> None:
     from cdkd_ray.core.study import load_study
-    from cdkd_ray.core.study_report import markdown_table
+    from cdkd_ray.core.study_report import contrasts_table, markdown_table
     from cdkd_ray.core.storage import resolve
     from cdkd_ray.ray_adapters.compare import recorded_teacher, run_compare, write_report
 
@@ -346,6 +346,8 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
     def human(r: dict) -> None:
         print(markdown_table(r))
+        if r["contrasts"]:
+            print("\n" + contrasts_table(r))
         print(f"report {r['report_md']}\nplots  {r['ap_plot']} {r['diff_plot']}")
 
     emit(report, args.json, human)

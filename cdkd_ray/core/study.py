@@ -32,6 +32,9 @@ class StudyConfig:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     ci_method: str = "paired_t"
     ci_level: float = 0.95
+    # more paired comparisons for the report, [variant, reference] each, e.g. [cdkd-p0.2, inter-p0]:
+    # "does channel dropout help?" is CDKD against the same distillation without it, not against the baseline
+    contrasts: list[list[str]] = field(default_factory=list)
     max_concurrent_trials: int = 2
     trial_workers: int = 1
     trial_cpus_per_worker: float = 1.0
@@ -47,6 +50,10 @@ class StudyConfig:
                               f"({', '.join(self.variants)})")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ConfigError(f"{where}.seeds must be a non-empty list of distinct integers, got {self.seeds}")
+        for pair in self.contrasts:
+            if len(pair) != 2 or any(v not in self.variants for v in pair) or pair[0] == pair[1]:
+                raise ConfigError(f"{where}.contrasts: each entry is [variant, reference], two different variants "
+                                  f"of {', '.join(self.variants)}; got {pair}")
         if self.ci_method not in CI_METHODS:
             raise ConfigError(f"{where}.ci_method must be one of {', '.join(CI_METHODS)}, got '{self.ci_method}'")
         if not 0.5 < self.ci_level < 1:

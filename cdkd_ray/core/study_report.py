@@ -59,8 +59,11 @@ def build_report(study: StudyConfig, name: str, runs: dict[str, list[dict]], cos
     base_step = next(r["seconds_per_step"] for r in rows if r["variant"] == study.baseline)
     for row in rows:
         row["step_cost_vs_baseline"] = row["seconds_per_step"] / base_step
+    contrasts = [{"variant": v, "reference": ref, "best_ap": paired_difference(
+        [r["best_ap"] for r in runs[v]], [r["best_ap"] for r in runs[ref]], study.ci_level, study.ci_method).to_dict()}
+        for v, ref in study.contrasts]
     return {"study": name, "baseline": study.baseline, "seeds": list(study.seeds), "ci_method": study.ci_method,
-            "ci_level": study.ci_level, "variants": rows}
+            "ci_level": study.ci_level, "variants": rows, "contrasts": contrasts}
 
 
 def verdict(diff: dict, level: float) -> str:
@@ -95,6 +98,20 @@ def markdown_table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def contrasts_table(report: dict) -> str:
+    """The extra paired comparisons (variant against a reference variant), if the study names any."""
+    if not report.get("contrasts"):
+        return ""
+    level = report["ci_level"]
+    lines = [f"| variant | against | best AP difference [{level:.0%} CI] | verdict |", "| --- | --- | --- | --- |"]
+    for c in report["contrasts"]:
+        d = c["best_ap"]
+        words = verdict(d, level).replace("baseline", c["reference"])
+        lines.append(f"| {c['variant']} | {c['reference']} | {d['mean']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}] | "
+                     f"{words} |")
+    return "\n".join(lines)
+
+
 def markdown_report(report: dict, header: dict) -> str:
     """report.md: what was compared, the table, how to read it, the deployed model's costs."""
     method = ("paired Student t over seeds (n-1 degrees of freedom)" if report["ci_method"] == "paired_t"
@@ -106,7 +123,7 @@ def markdown_report(report: dict, header: dict) -> str:
         f"- seeds: {', '.join(map(str, report['seeds']))}; within a seed every variant has the same data order, "
         "augmentation and initial weights",
         f"- interval: {method}; a difference whose interval holds 0 is within noise", "",
-        markdown_table(report), "",
+        markdown_table(report), "", contrasts_table(report), "",
         "Deployed student (train-only modules dropped): "
         + "; ".join(f"{arch}: {params:,} parameters, {gflops:.3f} GFLOPs" for arch, params, gflops in costs),
         "", "Step cost: median seconds per training step against the baseline's, as measured (trials may share "

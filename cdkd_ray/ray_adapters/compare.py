@@ -18,7 +18,9 @@ from cdkd_ray.core.run_identity import data_digest, file_digest
 from cdkd_ray.core.selection import SCORE_KEY
 from cdkd_ray.core.shards import verified_manifests
 from cdkd_ray.core.storage import Location, absolute_uri, pyarrow_filesystem, resolve
-from cdkd_ray.core.study import SEED_KEYS, StudyConfig, run_name, study_changes, study_identity, variant_config
+from cdkd_ray.core.study import (
+    SEED_KEYS, StudyConfig, run_name, study_changes, study_identity, variant_config, variant_overrides,
+)
 from cdkd_ray.core.study_report import (
     build_report, markdown_report, plot_ap_per_epoch, plot_paired_differences, runs_in_study_order, variant_costs,
 )
@@ -145,8 +147,9 @@ def write_report(study: StudyConfig, study_dir: Location, teacher: str | None) -
     """report.json, report.md and the two PNGs from the finished runs; returns the report."""
     runs = runs_in_study_order(study, lambda run: read_run(study_dir.join(RUNS), run))
     report = build_report(study, study_dir.uri.rstrip("/").rsplit("/", 1)[1], runs, variant_costs(study, teacher))
-    header = {"base experiment": f"`{study.experiment}` + {study.experiment_overrides or 'no overrides'}",
-              "variants": "; ".join(f"**{v}**: {o or 'as the base'}" for v, o in study.variants.items()),
+    header = {"base experiment": f"`{study.experiment}` with `{' '.join(study.experiment_overrides) or 'no overrides'}`",
+              "variants": "; ".join(f"**{v}**: `{' '.join(variant_overrides(o, v)) or 'the base as it is'}`"
+                                    for v, o in study.variants.items()),
               "teacher": teacher or "none"}
     files = {"report_md": "report.md", "report_json": "report.json", "ap_plot": "ap_per_epoch.png",
              "diff_plot": "paired_diff.png"}
