@@ -92,7 +92,7 @@ def test_two_by_two_study_resumes_and_reports_paired_intervals(synth_shards, tea
         "experiment": "tiny", "experiment_overrides": ["train.epochs=2", "train.max_steps_per_epoch=2",
                                                        "teacher.placement=worker"],
         "variants": {"baseline": {"distill.enabled": False}, "cdkd-p0.3": {"distill.dropout_p": 0.3}},
-        "seeds": [0, 1], "max_concurrent_trials": 1}))
+        "seeds": [0, 1], "max_concurrent_trials": 2}))
     out = tmp_path / "out"
     args = ["--config", str(study_file), "--data", synth_shards, "--storage", str(out), "--teacher", teacher_file]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
