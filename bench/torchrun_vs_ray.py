@@ -1,6 +1,6 @@
 """What does Ray cost? Ray Train + Ray Data against torchrun + DataLoader, side by side in one run.
 
-    python bench/torchrun_vs_ray.py [--images 600] [--epochs 3] [--json]
+    python bench/torchrun_vs_ray.py [--images 600] [--epochs 3] [--passes 32] [--json]
 
 Both sides read the same shards, run the same decode/augment/target code (`build_instances`), the same
 model and the same training step (the core's `fit_epoch`), at 1 and 2 workers with the same global batch
@@ -8,8 +8,10 @@ and the same CPU budget (all cores of this machine: 1 worker gets them all, 2 wo
 DataLoader gets as many processes per rank as the rank has cores, Ray Data schedules its own tasks).
 Epoch 0 is start-up; steady state is the mean of the later epochs. Printed:
 
-1. the data path alone, samples/s: one process (no Ray, no DataLoader), DataLoader with shuffle,
-   Ray Data (`build_dataset` + `train_batches` with the instance shuffle buffer), and per core;
+1. the data path alone, samples/s in one long stream (the parts read --passes times, so a per-execution
+   start-up does not hide the rate; the time to the first batch is printed apart): one process (no Ray,
+   no DataLoader), DataLoader with shuffle, Ray Data (`build_dataset` + `train_batches` with the
+   instance shuffle buffer, and without it), and per core against the one-process path;
 2. training, samples/s: torchrun (DDP, gloo) + DataLoader vs Ray Train + Ray Data, and the ratios.
 """
 
@@ -59,11 +61,17 @@ def torchrun_worker(args) -> None:
     from cdkd_ray.core.training import fit_epoch, new_session
 
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    if world > 1:
-        dist.init_process_group("gloo")
     cfg = experiment(world, args.epochs)
     torch.set_num_threads(cfg.train.torch_threads)
     dataset = InstanceDataset(args.shards, "train", cfg.data)
+    if args.passes:  # the data path alone: one long shuffled pass, twice (the first warms the page cache)
+        loader = DataLoader(torch.utils.data.ConcatDataset([dataset] * args.passes), batch_size=GLOBAL_BATCH,
+                            shuffle=True, drop_last=True, num_workers=CORES)
+        timings = [timed_stream(loader) for _ in range(2)]
+        print("RATES " + json.dumps({"startup_s": timings[1][0], "steady": timings[1][1]}), flush=True)
+        return
+    if world > 1:
+        dist.init_process_group("gloo")
     sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=cfg.data.seed or 0)
     loader = DataLoader(dataset, batch_size=cfg.train.batch_size, sampler=sampler, drop_last=True,
                         num_workers=max(1, CORES // world))
@@ -74,21 +82,18 @@ def torchrun_worker(args) -> None:
     for epoch in range(args.epochs):
         sampler.set_epoch(epoch)
         dataset.set_epoch(epoch)
-        if args.data_only:
-            started, seen = time.perf_counter(), sum(len(b["image"]) for b in loader)
-            rates.append(seen * world / (time.perf_counter() - started))
-        else:
-            rates.append(fit_epoch(session, loader, epoch, world)["images_per_s"])
+        rates.append(fit_epoch(session, loader, epoch, world)["images_per_s"])
     if rank == 0:
         print("RATES " + json.dumps(rates), flush=True)
     if world > 1:
         dist.destroy_process_group()
 
 
-def torchrun_rates(shards: str, workers: int, epochs: int, data_only: bool = False) -> list[float]:
+def torchrun_rates(shards: str, workers: int, epochs: int, passes: int = 0):
+    """Per-epoch training rates of a torchrun job, or with `passes` the DataLoader data path alone."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={workers}",
-           os.path.abspath(__file__), "--worker", "--shards", shards, "--epochs", str(epochs)]
-    proc = subprocess.run(cmd + (["--data-only"] if data_only else []), capture_output=True, text=True,
+           os.path.abspath(__file__), "--worker", "--shards", shards, "--epochs", str(epochs), "--passes", str(passes)]
+    proc = subprocess.run(cmd, capture_output=True, text=True,
                           env={**os.environ, "OMP_NUM_THREADS": str(max(1, CORES // workers))})
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RATES ")]
     if proc.returncode or not lines:
@@ -98,8 +103,8 @@ def torchrun_rates(shards: str, workers: int, epochs: int, data_only: bool = Fal
 
 # ------------------------------------------------------------------ the Ray side and the one-process reference
 
-def single_process_rate(shards: str, epochs: int) -> list[float]:
-    """The data path in one process on one core: shard rows -> build_instances, per epoch."""
+def single_process_rate(shards: str, passes: int) -> dict:
+    """The data path in one process on one core: shard rows -> build_instances, `passes` times."""
     import cv2
     import torch
 
@@ -108,29 +113,37 @@ def single_process_rate(shards: str, epochs: int) -> list[float]:
 
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
-    cfg, rates = experiment(1, epochs), []
-    for epoch in range(epochs):
-        started = time.perf_counter()
-        seen = sum(len(build_instances(rows, cfg.data, True, epoch)["image"])
-                   for rows in iter_shard_rows(shards, "train", cfg.data.images_per_block))
-        rates.append(seen / (time.perf_counter() - started))
-    return rates
+    cfg = experiment(1, 1)
+    rows = list(iter_shard_rows(shards, "train", cfg.data.images_per_block))
+    started = time.perf_counter()
+    seen = sum(len(build_instances(r, cfg.data, True, p)["image"]) for p in range(passes) for r in rows)
+    return {"startup_s": 0.0, "steady": seen / (time.perf_counter() - started)}
 
 
-def ray_data_rate(shards: str, epochs: int, overrides: list[str] = ()) -> list[float]:
-    """Ray Data's training stream alone (build_dataset + train_batches), per epoch."""
+def timed_stream(batches) -> tuple[float, float]:
+    """(seconds to the first batch, samples/s over the whole stream, start-up included) of one pass.
+
+    Not "after the first batch": a streaming pipeline produces ahead while it starts, so that would time
+    the consumer. A long stream (--passes) keeps the start-up a small part of the whole instead.
+    """
+    started, first, n = time.perf_counter(), None, 0
+    for batch in batches:
+        n += len(batch["image"])
+        first = first if first is not None else time.perf_counter() - started
+    return first, n / (time.perf_counter() - started)
+
+
+def ray_data_rate(shards: str, passes: int, overrides: list[str] = ()) -> dict:
+    """Ray Data's training stream alone (build_dataset + train_batches) over the parts read `passes` times."""
     import dataclasses
 
     from cdkd_ray.ray_adapters.pipeline import build_dataset, train_batches
 
-    cfg = experiment(1, epochs)
+    cfg = experiment(1, 1)
     cfg = dataclasses.replace(cfg, data=load_config(ExperimentConfig, "synth-cpu", [*BASE, *overrides]).data)
-    ds, rates = build_dataset(shards, "train", cfg.data, shuffle_files=True), []
-    for epoch in range(epochs):
-        started = time.perf_counter()
-        seen = sum(len(b["image"]) for b in train_batches(ds, cfg, epoch))
-        rates.append(seen / (time.perf_counter() - started))
-    return rates
+    timings = [timed_stream(train_batches(build_dataset(shards, "train", cfg.data, shuffle_files=True, passes=passes),
+                                          cfg, epoch)) for epoch in range(2)]  # the first warms the workers
+    return {"startup_s": timings[1][0], "steady": timings[1][1]}
 
 
 def ray_train_rates(shards: str, storage: str, workers: int, epochs: int) -> list[float]:
@@ -145,45 +158,45 @@ def ray_train_rates(shards: str, storage: str, workers: int, epochs: int) -> lis
 
 # ------------------------------------------------------------------ the comparison
 
-def measure(shards: str, storage: str, epochs: int) -> dict:
-    """Every rate per epoch, in one run: torchrun first (no Ray running), then Ray."""
+def measure(shards: str, storage: str, epochs: int, passes: int) -> dict:
+    """Every rate in one run: the data paths ({startup_s, steady}), then training per epoch, torchrun before Ray."""
     from cdkd_ray.ray_adapters.runtime import ensure_ray
 
-    rates = {"single_process_data": single_process_rate(shards, epochs)}
-    for workers in (1, 2):
-        rates[f"dataloader_data_w{workers}"] = torchrun_rates(shards, workers, epochs, data_only=True)
-        rates[f"torchrun_train_w{workers}"] = torchrun_rates(shards, workers, epochs)
+    data = {"single_process": single_process_rate(shards, passes),
+            "dataloader": torchrun_rates(shards, 1, 1, passes=passes)}
+    train = {f"torchrun_w{w}": torchrun_rates(shards, w, epochs) for w in (1, 2)}
     ensure_ray()
-    rates["ray_data"] = ray_data_rate(shards, epochs)
-    rates["ray_data_no_shuffle"] = ray_data_rate(shards, epochs, ["data.shuffle_buffer=0"])
-    for workers in (1, 2):
-        rates[f"ray_train_w{workers}"] = ray_train_rates(shards, storage, workers, epochs)
-    return rates
+    data["ray_data"] = ray_data_rate(shards, passes)
+    data["ray_data_no_shuffle"] = ray_data_rate(shards, passes, ["data.shuffle_buffer=0"])
+    train.update({f"ray_train_w{w}": ray_train_rates(shards, storage, w, epochs) for w in (1, 2)})
+    return {"data": data, "train": train}
 
 
-def report(rates: dict) -> dict:
-    s = {key: steady(values) for key, values in rates.items()}
-    result = {"cores": CORES, "steady_samples_per_s": s, "per_epoch": rates,
-              "ray_data_per_core_vs_single_process": s["ray_data"] / CORES / s["single_process_data"],
-              "dataloader_per_core_vs_single_process": s["dataloader_data_w1"] / CORES / s["single_process_data"],
-              "shuffle_buffer_cost": 1 - s["ray_data"] / s["ray_data_no_shuffle"]}
+def report(measured: dict) -> dict:
+    data, train = measured["data"], measured["train"]
+    s = {key: steady(values) for key, values in train.items()}
+    one = data["single_process"]["steady"]
+    result = {"cores": CORES, "data_path": data, "train_per_epoch": train, "train_steady": s,
+              "ray_data_per_core_vs_single_process": data["ray_data"]["steady"] / CORES / one,
+              "dataloader_per_core_vs_single_process": data["dataloader"]["steady"] / CORES / one,
+              "shuffle_buffer_cost": 1 - data["ray_data"]["steady"] / data["ray_data_no_shuffle"]["steady"],
+              **{f"ray_train_vs_torchrun_w{w}": s[f"ray_train_w{w}"] / s[f"torchrun_w{w}"] for w in (1, 2)}}
+    lines = [f"{'data path alone (one long stream, start-up included)':<52}{'samples/s':>10}{'per core':>10}"
+             f"{'start-up':>10}"]
+    for label, key, cores in (("one process, one core (reference)", "single_process", 1),
+                              (f"DataLoader shuffle=True, {CORES} workers", "dataloader", CORES),
+                              ("Ray Data + instance shuffle buffer", "ray_data", CORES),
+                              ("Ray Data, no shuffle buffer", "ray_data_no_shuffle", CORES)):
+        d = data[key]
+        lines.append(f"{label:<52}{d['steady']:>10.1f}{d['steady'] / cores / one:>9.2f}x{d['startup_s']:>9.2f}s")
+    lines.append(f"{'training (samples/s; steady: epochs 2..; epoch 1 apart)':<52}{'steady':>10}{'epoch 1':>10}{'ratio':>10}")
     for w in (1, 2):
-        result[f"ray_train_vs_torchrun_w{w}"] = s[f"ray_train_w{w}"] / s[f"torchrun_train_w{w}"]
-    rows = [("data path, one process, one core (reference)", "single_process_data", None),
-            ("data path, DataLoader shuffle=True, 1 rank", "dataloader_data_w1", "single_process_data"),
-            ("data path, Ray Data + instance shuffle", "ray_data", "single_process_data"),
-            ("data path, Ray Data, no shuffle buffer", "ray_data_no_shuffle", "ray_data"),
-            ("train, torchrun + DataLoader, 1 worker", "torchrun_train_w1", None),
-            ("train, Ray Train + Ray Data, 1 worker", "ray_train_w1", "torchrun_train_w1"),
-            ("train, torchrun + DataLoader, 2 workers", "torchrun_train_w2", None),
-            ("train, Ray Train + Ray Data, 2 workers", "ray_train_w2", "torchrun_train_w2")]
-    lines = [f"{'(samples/s, steady state = epochs 1..; start-up = epoch 0)':<62}{'steady':>9}{'epoch 0':>9}  ratio"]
-    for label, key, against in rows:
-        ratio = f"{s[key] / s[against]:.2f}x {against}" if against else ""
-        lines.append(f"{label:<62}{s[key]:>9.1f}{rates[key][0]:>9.1f}  {ratio}")
-    lines.append(f"per core: Ray Data {result['ray_data_per_core_vs_single_process']:.2f}x, DataLoader "
-                 f"{result['dataloader_per_core_vs_single_process']:.2f}x the one-process path ({CORES} cores); "
-                 f"shuffle buffer costs {result['shuffle_buffer_cost']:.1%} of Ray Data's rate")
+        for side in ("torchrun", "ray_train"):
+            key = f"{side}_w{w}"
+            label = f"{'torchrun + DataLoader' if side == 'torchrun' else 'Ray Train + Ray Data'}, {w} worker(s)"
+            ratio = f"{s[key] / s[f'torchrun_w{w}']:.2f}x" if side == "ray_train" else ""
+            lines.append(f"{label:<52}{s[key]:>10.1f}{train[key][0]:>10.1f}{ratio:>10}")
+    lines.append(f"the shuffle buffer costs {result['shuffle_buffer_cost']:.1%} of Ray Data's steady rate")
     result["table"] = "\n".join(lines)
     return result
 
@@ -195,7 +208,7 @@ def main() -> None:
     parser.add_argument("--shards", help="existing shard root (default: synthesise --images)")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # one torchrun rank
-    parser.add_argument("--data-only", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--passes", type=int, default=32, help="passes over the parts in one data-path stream")
     args = parser.parse_args()
     if args.worker:
         return torchrun_worker(args)
@@ -204,7 +217,7 @@ def main() -> None:
     work = tempfile.mkdtemp(prefix="cdkd-torchrun-bench-")
     shards = args.shards or shard_coco_dir(make_synthetic(os.path.join(work, "synth"), args.images, 8, seed=0),
                                            os.path.join(work, "shards"), rows_per_file=50)
-    result = report(measure(shards, os.path.join(work, "runs"), args.epochs))
+    result = report(measure(shards, os.path.join(work, "runs"), args.epochs, args.passes))
     print(result["table"])
     if args.json:
         print(json.dumps({k: v for k, v in result.items() if k != "table"}))

@@ -57,12 +57,13 @@ def _read_filesystem(location, cfg: DataConfig):
 
 def build_dataset(uri: str, split: str, cfg: DataConfig, train: bool | None = None, epoch: int = 0,
                   s3_endpoint: str | None = None, detections_file: str | None = None,
-                  shuffle_files: bool = False, bad_images=None):
+                  shuffle_files: bool = False, bad_images=None, passes: int = 1):
     """A streaming Ray Dataset of person instances per the training-batch contract.
 
     Reads exactly the part files the split's manifest lists, from a folder or s3://; `train`
     defaults to split == 'train'. Validation uses GT boxes, or `detections_file` (or
-    cfg.detections) with cfg.det_score_threshold.
+    cfg.detections) with cfg.det_score_threshold. `passes` > 1 lists the parts that many times in one
+    execution (benchmarks: a long stream without a per-execution start-up every few seconds).
     """
     import ray.data
 
@@ -75,7 +76,7 @@ def build_dataset(uri: str, split: str, cfg: DataConfig, train: bool | None = No
         from ray.data import FileShuffleConfig
 
         shuffle = FileShuffleConfig(seed=cfg.seed) if cfg.seed is not None else "files"
-    ds = ray.data.read_parquet(paths, filesystem=_read_filesystem(location, cfg), shuffle=shuffle)
+    ds = ray.data.read_parquet(paths * passes, filesystem=_read_filesystem(location, cfg), shuffle=shuffle)
     return ds.map_batches(
         _instances_udf,
         fn_kwargs={"cfg": cfg, "train": train, "epoch": epoch, "detections": detections, "bad_images": bad_images},
