@@ -57,6 +57,17 @@ def test_train_stream_is_augmented_and_torch_ready(ray_session, synth_shards):
 
 
 @pytest.mark.timeout(300)
+def test_the_parts_are_read_once_per_pass_without_relisting(ray_session, synth_shards):
+    """The manifest names the parts: no per-execution listing stage (2.60's default reader adds one, with a
+    footer-reader actor every epoch, and drops repeated paths, so `passes` read one pass)."""
+    once = build_dataset(synth_shards, "val", CFG)
+    ids = Counter(once.to_pandas()["image_id"])
+    assert "ReadParquet" in once.stats() and "ListFiles" not in once.stats()
+    thrice = Counter(build_dataset(synth_shards, "val", CFG, passes=3).to_pandas()["image_id"])
+    assert thrice == Counter({k: 3 * v for k, v in ids.items()}) and ids
+
+
+@pytest.mark.timeout(300)
 def test_corrupt_image_in_shard_is_reported_by_id(ray_session, synth_dir, tmp_path, caplog):
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -116,3 +127,15 @@ def test_instances_are_shuffled_across_images_differently_each_epoch_and_repeata
     # without the buffer batches hold runs of consecutive images; with it they mix images across the split
     spread = lambda epoch: np.mean([max(b) - min(b) for b in epoch])  # noqa: E731
     assert spread(shuffled[0]) > 2 * spread(plain[0])
+
+
+def test_decode_tasks_are_capped_at_the_cores_of_an_over_declared_local_ray(ray_session):
+    import dataclasses
+    import os
+
+    from cdkd_ray.ray_adapters.pipeline import map_task_limit
+
+    declared = ray_session.cluster_resources()["CPU"]  # the session's Ray declares 8 logical CPUs
+    cores = os.cpu_count()
+    assert map_task_limit(CFG) == (cores if declared > cores else None)
+    assert map_task_limit(dataclasses.replace(CFG, max_tasks=3)) == 3

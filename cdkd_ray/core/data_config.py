@@ -35,6 +35,7 @@ class DataConfig:
     s3_client: Literal["pyarrow", "s3fs"] = "pyarrow"  # how training reads Parquet parts from s3://
     shuffle_buffer: int = 512  # training instances mixed across images and blocks, reseeded every epoch (0: off)
     num_cpus_per_task: float = 0.5
+    max_tasks: int = 0  # concurrent decode/augment tasks (0: as many as fit on this machine's cores on one node)
     seed: Optional[int] = 0
 
     def validate(self, where: str = "data") -> None:
@@ -56,6 +57,8 @@ class DataConfig:
             raise ConfigError(f"{where}.scale_factor must be within [0, 1)")
         if self.images_per_block < 1:
             raise ConfigError(f"{where}.images_per_block must be >= 1")
+        if self.max_tasks < 0:
+            raise ConfigError(f"{where}.max_tasks must be >= 0 (0: sized from the cores)")
         if self.shuffle_buffer < 0:
             raise ConfigError(f"{where}.shuffle_buffer must be >= 0 (0 turns instance shuffling off)")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 import numpy as np
@@ -44,6 +45,9 @@ def new_bad_image_counter():
 def _instances_udf(batch, cfg: DataConfig, train: bool, epoch: int,
                    detections: Optional[dict[int, np.ndarray]], bad_images=None) -> dict[str, np.ndarray]:
     # Augmentation is seeded by (seed, epoch, image ids): every epoch differs, every run repeats.
+    import cv2
+
+    cv2.setNumThreads(1)  # parallelism comes from the tasks; OpenCV's own threads would oversubscribe the cores
     on_skip = (lambda image_id: bad_images.add.remote(image_id)) if bad_images is not None else None
     return build_instances(rows_from_arrow(batch), cfg, train, epoch + execution_index(), detections, on_skip=on_skip)
 
@@ -82,6 +86,8 @@ def build_dataset(uri: str, split: str, cfg: DataConfig, train: bool | None = No
     cfg.detections) with cfg.det_score_threshold. `passes` > 1 lists the parts that many times in one
     execution (benchmarks: a long stream without a per-execution start-up every few seconds).
     """
+    import ray.data
+
     train = (split == "train") if train is None else train
     location, paths = shard_files(uri, split, s3_endpoint)
     detections_file = detections_file or (None if train else cfg.detections)
@@ -98,7 +104,25 @@ def build_dataset(uri: str, split: str, cfg: DataConfig, train: bool | None = No
         batch_size=cfg.images_per_block,
         batch_format="pyarrow",
         num_cpus=cfg.num_cpus_per_task,
+        compute=ray.data.TaskPoolStrategy(size=map_task_limit(cfg)),
     )
+
+
+def map_task_limit(cfg: DataConfig) -> int | None:
+    """How many decode/augment tasks may run at once: data.max_tasks, else the cores of an over-declared node.
+
+    An embedded local Ray declares more logical CPUs than the machine has (so Train, Tune and Data never
+    deadlock); left alone, Ray Data then runs up to logical CPUs / num_cpus_per_task tasks, each a process
+    of its own, on a few cores. Elsewhere (a cluster) Ray Data sizes the pool itself (None).
+    """
+    import ray
+
+    if cfg.max_tasks:
+        return cfg.max_tasks
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    cores = os.cpu_count() or 1
+    over_declared = len(nodes) == 1 and nodes[0].get("Resources", {}).get("CPU", 0) > cores
+    return cores if over_declared else None
 
 
 def shuffle_seed(seed: int | None, epoch: int, rank: int) -> int | None:
