@@ -119,6 +119,8 @@ def map_task_limit(cfg: DataConfig) -> int | None:
 
     if cfg.max_tasks:
         return cfg.max_tasks
+    if not ray.is_initialized():  # Ray Data will start a default local Ray: as many logical CPUs as cores
+        return None
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     cores = os.cpu_count() or 1
     over_declared = len(nodes) == 1 and nodes[0].get("Resources", {}).get("CPU", 0) > cores
