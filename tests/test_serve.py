@@ -301,7 +301,6 @@ def test_healthz_answers_during_a_flood_of_decompression_heavy_requests(server):
 
     async def flood_and_probe():
         async with httpx.AsyncClient(timeout=120) as client:
-            flood_started = time.perf_counter()
             flood = [asyncio.create_task(client.post(f"{url}/v1/keypoints", content=heavy,
                                                      headers={"content-type": "image/png"})) for _ in range(12)]
             await asyncio.sleep(0.3)
@@ -313,14 +312,15 @@ def test_healthz_answers_during_a_flood_of_decompression_heavy_requests(server):
                 assert r.status_code == 200
                 await asyncio.sleep(0.05)
             answers = await asyncio.gather(*flood)
-            return latencies, [a.status_code for a in answers], time.perf_counter() - flood_started
+            return latencies, [a.status_code for a in answers]
 
-    latencies, statuses, flood_s = asyncio.run(flood_and_probe())
+    latencies, statuses = asyncio.run(flood_and_probe())
     assert all(s in (200, 503) for s in statuses), statuses  # answered or told to retry, never an error
-    # Decodes on the event loop would hold a probe until the queued decodes were done. Off the loop, the
-    # median answer takes under 100 ms (or, on a slow machine, under one decode), and none waits half the flood.
-    assert sorted(latencies)[len(latencies) // 2] < max(0.1, one_decode), (latencies, one_decode)
-    assert max(latencies) < flood_s / 2, (latencies, flood_s)
+    # Decodes on the event loop would hold the first probe (sent 0.3 s into the flood) behind the ~11 queued
+    # decodes. Off the loop, the median answer takes under 100 ms (on a slow machine, under two decodes)
+    # and the slowest under four decodes.
+    assert sorted(latencies)[len(latencies) // 2] < max(0.1, 2 * one_decode), (latencies, one_decode)
+    assert max(latencies) < max(0.5, 4 * one_decode), (latencies, one_decode)
 
 
 def test_a_request_that_takes_too_long_gets_503_with_retry_after(server, student_export, coco_mini):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from typing import Optional
 
+import cv2
 import numpy as np
 import torch
 
@@ -45,8 +46,6 @@ def new_bad_image_counter():
 def _instances_udf(batch, cfg: DataConfig, train: bool, epoch: int,
                    detections: Optional[dict[int, np.ndarray]], bad_images=None) -> dict[str, np.ndarray]:
     # Augmentation is seeded by (seed, epoch, image ids): every epoch differs, every run repeats.
-    import cv2
-
     cv2.setNumThreads(1)  # parallelism comes from the tasks; OpenCV's own threads would oversubscribe the cores
     on_skip = (lambda image_id: bad_images.add.remote(image_id)) if bad_images is not None else None
     return build_instances(rows_from_arrow(batch), cfg, train, epoch + execution_index(), detections, on_skip=on_skip)
