@@ -30,6 +30,38 @@ def test_output_shapes_every_depth(arch):
     assert feats["layer4"].shape == (1, 512 * expansion, 8, 6) and feats["deconv3"].shape == (1, 256, 64, 48)
 
 
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
+def test_backbone_matches_torchvision_names_shapes_and_outputs(arch):
+    """torchvision's ImageNet state_dicts (and so SimpleBaseline checkpoints) load strictly and compute the same."""
+    import torchvision
+
+    from cdkd_ray.core.models.resnet import ResNetBackbone
+
+    reference = getattr(torchvision.models, arch)(weights=None).eval()
+    ours = ResNetBackbone(arch).eval()
+    state = {k: v for k, v in reference.state_dict().items() if not k.startswith("fc.")}
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in state.items()}
+    ours.load_state_dict(state, strict=True)
+    x = torch.randn(2, 3, 128, 96)
+    with torch.no_grad():
+        want = reference.layer4(reference.layer3(reference.layer2(reference.layer1(
+            reference.maxpool(reference.relu(reference.bn1(reference.conv1(x))))))))
+        got = ours.layer4(ours.layer3(ours.layer2(ours.layer1(ours.maxpool(ours.relu(ours.bn1(ours.conv1(x))))))))
+    assert torch.allclose(got, want, atol=1e-5)
+    conv = ours.layer2[0].conv1.weight  # torchvision's kaiming-normal (fan_out) initialisation
+    assert conv.std().item() == pytest.approx((2 / (conv.shape[0] * conv.shape[2] * conv.shape[3])) ** 0.5, rel=0.1)
+
+
+def test_building_a_pose_model_does_not_import_torchvision():
+    import subprocess
+    import sys
+
+    code = ("import sys; from cdkd_ray.core.models.pose_resnet import PoseResNet; PoseResNet(); "
+            "assert 'torchvision' not in sys.modules, 'torchvision was imported'")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
 def test_inputs_must_be_multiples_of_32():
     with pytest.raises(ConfigError, match="multiples of 32"):
         from_dict(DataConfig, {"input_size": [64, 48], "heatmap_size": [16, 12]})

@@ -1,4 +1,4 @@
-"""SimpleBaseline pose ResNet: a torchvision ResNet backbone + 3 deconvolutions + 1x1 heatmap head.
+"""SimpleBaseline pose ResNet: a ResNet backbone (torchvision layout) + 3 deconvolutions + 1x1 heatmap head.
 
 Parameter names follow the original SimpleBaseline layout (conv1.*, layer1..4.*, deconv_layers.*,
 final_layer.*), so its checkpoints load as they are. `forward(x, taps)` returns heatmaps, or
@@ -15,6 +15,7 @@ from torch import nn
 
 from cdkd_ray.core.keypoints import NUM_KEYPOINTS
 from cdkd_ray.core.errors import ConfigError
+from cdkd_ray.core.models.resnet import ResNetBackbone
 
 Arch = Literal["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
 ARCHS: tuple[str, ...] = get_args(Arch)
@@ -58,11 +59,9 @@ def tap_channels(arch: str, tap: str, deconv_channels: int = 256) -> int:
 class PoseResNet(nn.Module):
     def __init__(self, cfg: ModelConfig | None = None):
         super().__init__()
-        import torchvision
-
         cfg = cfg or ModelConfig()
         self.cfg = cfg
-        backbone = getattr(torchvision.models, cfg.arch)(weights=None)
+        backbone = ResNetBackbone(cfg.arch)
         if cfg.backbone_weights:
             load_backbone_weights(backbone, cfg.backbone_weights)
         for name in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"):
