@@ -49,7 +49,7 @@ def test_four_trial_sweep_with_asha_and_outputs(ray_session, synth_shards, teach
 def test_interrupted_sweep_resumes_without_rerunning_finished_trials(synth_shards, teacher_file, tmp_path):
     config = tmp_path / "sweep.yaml"
     config.write_text(yaml.safe_dump({
-        "experiment": "tiny", "experiment_overrides": ["train.epochs=2", "train.max_steps_per_epoch=2"],
+        "experiment": "tiny", "experiment_overrides": ["train.epochs=1", "train.max_steps_per_epoch=2"],
         "search": {"distill.dropout_p": {"grid": [0.0, 0.6]}}, "search_alg": "grid", "max_concurrent_trials": 1, "trial_workers": 1,
         "asha": {"enabled": False}}))
     args = [sys.executable, "-m", "cdkd_ray", "sweep", "--config", str(config), "--data", synth_shards,
@@ -62,7 +62,7 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(synth_shard
     deadline = time.time() + 400
     finished = []
     while time.time() < deadline:
-        finished = [d for d in train_runs.glob("trial_*") if (d / "checkpoint_epoch0001").exists()] if train_runs.exists() else []
+        finished = [d for d in train_runs.glob("trial_*") if (d / "checkpoint_epoch0000").exists()] if train_runs.exists() else []
         if finished:
             break
         time.sleep(1)
@@ -77,7 +77,7 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(synth_shard
     proc = subprocess.run(args + ["--resume", "--json"], env=env, capture_output=True, text=True, timeout=500)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert len(summary["trials"]) == 2 and all(r["epochs"] == 2 for r in summary["trials"])
+    assert len(summary["trials"]) == 2 and all(r["epochs"] == 1 for r in summary["trials"])
     for state, (data, mtime) in snapshot.items():  # finished trials were not trained again
         assert state.read_bytes() == data and state.stat().st_mtime_ns == mtime
     again = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)

@@ -54,25 +54,43 @@ def test_distill_local_then_resume_and_outputs(ray_session, synth_shards, teache
     assert second["teacher_placement"] == "worker"  # the default, auto, keeps the teacher in the worker on CPUs
     assert [r["epoch"] for r in resumed] == [0, 1, 2]
     assert resumed[:2] == rows  # restored history, nothing re-run
-    # the plain baseline sees identical batches for the same seed
-    baseline = run_training(tiny("distill.enabled=false"), RunKind.BASELINE, synth_shards, storage, "baseline-a")
-    base_rows = history(baseline["run_dir"])
-    assert baseline["kind"] == "baseline" and "loss_inter" not in base_rows[0]
-    assert [r["data_digest"] for r in base_rows] == [r["data_digest"] for r in rows]
-    assert base_rows[0]["data_digest"] != base_rows[1]["data_digest"]  # and each epoch is augmented afresh
+    assert rows[0]["data_digest"] != rows[1]["data_digest"]  # each epoch is augmented and shuffled afresh
+    # (that a baseline sees the same batches as CDKD for the same seed is checked by the compare study's test)
 
 
-def test_distill_from_s3_shards_to_s3_storage_teacher_in_worker(ray_session, synth_dir, s3_bucket, teacher_file):
+def _truncate_first_image(part) -> None:
+    """Cut the first image of a shard part to its header: undecodable, as a shard written by another tool might hold."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(io.BytesIO(part.read_bytes()))
+    images = table.column("image").to_pylist()
+    images[0] = images[0][:200]
+    sink = io.BytesIO()
+    pq.write_table(table.set_column(table.schema.get_field_index("image"), "image", pa.array(images, pa.binary())), sink)
+    part.write_bytes(sink.getvalue())
+
+
+def test_distill_from_s3_shards_to_s3_storage_skips_and_counts_an_undecodable_image(ray_session, synth_dir, s3_bucket,
+                                                                                     teacher_file):
     from cdkd_ray.apps.recipes import shard_coco_dir
     from cdkd_ray.core.storage import resolve
 
     data = shard_coco_dir(str(synth_dir), f"{s3_bucket}/coco", rows_per_file=10)
-    summary = run_training(tiny("train.epochs=1", "teacher.placement=worker"), RunKind.CDKD, data, f"{s3_bucket}/runs",
-                           "cdkd-s3", teacher_checkpoint=teacher_file)
+    manifest = json.loads(resolve(f"{data}/train/manifest.json").read_bytes())
+    _truncate_first_image(resolve(f"{data}/train/{manifest['files'][0]['name']}"))
+    summary = run_training(tiny("train.epochs=1", "teacher.placement=worker", "train.max_steps_per_epoch=null",
+                                "data.verify_shards=false", "data.on_bad_image=skip"),
+                           RunKind.CDKD, data, f"{s3_bucket}/runs", "cdkd-s3", teacher_checkpoint=teacher_file)
     assert summary["best_checkpoint"].startswith(f"{s3_bucket}/runs/cdkd-s3/checkpoint_epoch0000")
     run = resolve(f"{s3_bucket}/runs/cdkd-s3")
     assert {"metrics.jsonl", "curves.png", "summary.json", "tensorboard"} <= set(run.listdir_names())
     assert "model.pt" in resolve(summary["best_checkpoint"]).listdir_names()
+    assert summary["bad_images_skipped"] == 1  # every image was read once (no step limit): the bad one exactly once
+    metrics = [json.loads(line) for line in run.join("metrics.jsonl").read_bytes().decode().splitlines()]
+    assert metrics[-1]["bad_images_skipped"] == 1
 
 
 def test_killed_worker_recovers_without_losing_or_repeating_epochs(ray_session, synth_shards, teacher_file, tmp_path):
@@ -101,27 +119,6 @@ def test_killed_worker_recovers_without_losing_or_repeating_epochs(ray_session, 
     assert killed, "the worker was never killed"
     assert int((pid_dir / "rank1.pid").read_text()) != killed["pid"]  # a new worker took over
     assert [r["epoch"] for r in history(summary["run_dir"])] == [0, 1, 2]
-
-
-def test_undecodable_images_skipped_in_training_are_counted_in_the_summary(ray_session, synth_dir, tmp_path):
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from cdkd_ray.apps.recipes import shard_coco_dir
-    from tests.helpers import split_file
-
-    shards = shard_coco_dir(str(synth_dir), str(tmp_path / "shards"), rows_per_file=10)
-    part = split_file(shards, "train", "part")
-    table = pq.read_table(part)
-    images = table.column("image").to_pylist()
-    images[0] = images[0][:200]  # header only: undecodable, as a shard written by another tool might hold
-    pq.write_table(table.set_column(table.schema.get_field_index("image"), "image", pa.array(images, pa.binary())),
-                   part)
-    summary = run_training(tiny("train.epochs=1", "train.num_workers=1", "train.max_steps_per_epoch=null",
-                                "data.verify_shards=false", "data.on_bad_image=skip"),
-                           RunKind.BASELINE, shards, str(tmp_path / "runs"), "skip-bad")
-    assert summary["bad_images_skipped"] == 1
-    assert history(summary["run_dir"])[-1]["bad_images_skipped"] == 1
 
 
 def test_the_resource_watch_interrupts_a_run_waiting_longer_than_its_limit():
