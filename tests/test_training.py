@@ -91,6 +91,18 @@ def test_distill_from_s3_shards_to_s3_storage_skips_and_counts_an_undecodable_im
     assert summary["bad_images_skipped"] == 1  # every image was read once (no step limit): the bad one exactly once
     metrics = [json.loads(line) for line in run.join("metrics.jsonl").read_bytes().decode().splitlines()]
     assert metrics[-1]["bad_images_skipped"] == 1
+    assert _wait_for_no_process("ray::BadImageCounter"), "the run's bad-image counter outlived the run"
+
+
+def _wait_for_no_process(name: str, timeout: float = 15.0) -> bool:
+    import psutil
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if not [p for p in psutil.process_iter(["cmdline"]) if name in " ".join(p.info["cmdline"] or [])]:
+            return True
+        time.sleep(0.5)
+    return False
 
 
 def test_killed_worker_recovers_without_losing_or_repeating_epochs(ray_session, synth_shards, teacher_file, tmp_path):

@@ -87,8 +87,7 @@ def run_training(cfg: ExperimentConfig, kind: RunKind, data_uri: str, storage_ur
     Re-running a name resumes it only if the run is the same (see run_identity); `new_run` starts a fresh
     run beside it under the first free `name-N`.
     """
-    import ray.train
-    from ray.train.torch import TorchTrainer
+    import ray
 
     from cdkd_ray.ray_adapters.runtime import ensure_ray
 
@@ -104,24 +103,36 @@ def run_training(cfg: ExperimentConfig, kind: RunKind, data_uri: str, storage_ur
     cfg = _place_teacher(cfg, kind)
     from cdkd_ray.ray_adapters.pipeline import new_bad_image_counter
 
-    bad_images = new_bad_image_counter()
+    loop_config = {"experiment": to_dict(cfg), "kind": kind.value, "data_uri": data_uri, "s3_endpoint": s3_endpoint,
+                   "teacher_checkpoint": teacher_checkpoint, "teacher_arch": teacher_arch,
+                   "teacher_deconv": teacher_deconv, "pid_dir": pid_dir, "bad_images": new_bad_image_counter()}
+    try:
+        result = _fit(cfg, kind, loop_config, storage, name, callbacks)
+    finally:  # the counter lives for one run: a kept actor holds a process (~600 MB here) until Ray shuts down
+        ray.kill(loop_config["bad_images"])
+    if result.error:
+        raise CdkdError(f"training run '{name}' failed: {result.error}")
+    return summarize_run(result, storage.join(name), cfg, kind, name, write_outputs)
+
+
+def _fit(cfg: ExperimentConfig, kind: RunKind, loop_config: dict, storage: Location, name: str, callbacks):
+    """TorchTrainer.fit() of one run, with its datasets, under the resource watch."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    datasets = _datasets(cfg, kind, loop_config["data_uri"], loop_config["teacher_checkpoint"],
+                         loop_config["s3_endpoint"], loop_config["bad_images"])
     trainer = TorchTrainer(
         _train_fn,
-        train_loop_config={"experiment": to_dict(cfg), "kind": kind.value, "data_uri": data_uri,
-                           "s3_endpoint": s3_endpoint, "teacher_checkpoint": teacher_checkpoint,
-                           "teacher_arch": teacher_arch, "teacher_deconv": teacher_deconv, "pid_dir": pid_dir,
-                           "bad_images": bad_images},
+        train_loop_config=loop_config,
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
             resources_per_worker={"CPU": cfg.train.cpus_per_worker, **({"GPU": 1} if cfg.train.use_gpu else {})}),
         run_config=_run_config(cfg, name, storage, callbacks),
-        datasets=_datasets(cfg, kind, data_uri, teacher_checkpoint, s3_endpoint, bad_images),
+        datasets=datasets,
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
     )
-    result = _fit_watched(trainer, name, cfg.train.resource_wait_s)
-    if result.error:
-        raise CdkdError(f"training run '{name}' failed: {result.error}")
-    return summarize_run(result, storage.join(name), cfg, kind, name, write_outputs)
+    return _fit_watched(trainer, name, cfg.train.resource_wait_s)
 
 
 def _place_teacher(cfg: ExperimentConfig, kind: RunKind) -> ExperimentConfig:
