@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 
@@ -109,7 +110,8 @@ def run_training(cfg: ExperimentConfig, kind: RunKind, data_uri: str, storage_ur
     try:
         result = _fit(cfg, kind, loop_config, storage, name, callbacks)
     finally:  # the counter lives for one run: a kept actor holds a process (~600 MB here) until Ray shuts down
-        ray.kill(loop_config["bad_images"])
+        with contextlib.suppress(Exception):  # cleanup must not hide the run's own error
+            ray.kill(loop_config["bad_images"])
     if result.error:
         raise CdkdError(f"training run '{name}' failed: {result.error}")
     return summarize_run(result, storage.join(name), cfg, kind, name, write_outputs)
