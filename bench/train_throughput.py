@@ -124,14 +124,15 @@ def main() -> None:
                                                                  "teacher.num_cpus=2"], teacher)
     payload = pool_payload(shards, cfg, teacher)
     plain_after = plain_loop(shards, cfg, 30)
-    plain = max(plain_before, plain_after)  # the reference is the faster of two: one cold or busy moment does not set it
+    plain = max(plain_before, plain_after)  # the faster of two: one cold or busy moment does not set the reference
 
     costs = model_info("tiny", overrides=["teacher.arch=resnet50"])["models"]
     s_flops = next(v["flops"] for k, v in costs.items() if k.startswith("student"))
     t_flops = next(v["flops"] for k, v in costs.items() if k.startswith("teacher"))
     a_flops = next(v["flops"] for k, v in costs.items() if k.startswith("train-only"))
     expected = (3 * s_flops + t_flops + 3 * a_flops) / (3 * s_flops)
-    result = {"plain_images_per_s": plain, "plain_before_and_after": [plain_before, plain_after], "ray_1_worker": one, "ray_2_workers": two,
+    result = {"plain_images_per_s": plain, "plain_before_and_after": [plain_before, plain_after],
+              "ray_1_worker": one, "ray_2_workers": two,
               "ray1_over_plain": one / plain, "ray2_over_plain": two / plain,
               "baseline_images_per_s": base, "cdkd_teacher_in_worker": in_worker, "cdkd_teacher_pool": pool,
               "cdkd_step_cost_in_worker": base / in_worker, "cdkd_step_cost_pool": base / pool,

@@ -13,6 +13,7 @@ import torch
 import yaml
 
 from tests.conftest import REPO, _free_port
+from tests.helpers import processes_mentioning
 
 MANIFESTS = sorted((REPO / "clusters" / "kuberay").glob("*.yaml"))
 
@@ -243,19 +244,6 @@ def test_ray_jobs_round_trip_on_a_local_head(synth_shards, tmp_path):
     finally:
         stop_processes_mentioning(str(temp))
         assert not processes_mentioning(str(temp))
-
-
-def processes_mentioning(text: str) -> list[int]:
-    """PIDs whose command line mentions `text` (the head's temp dir): this cluster's processes only."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
-            try:
-                if text in (entry / "cmdline").read_bytes().decode(errors="ignore"):
-                    pids.append(int(entry.name))
-            except OSError:
-                continue
-    return pids
 
 
 def stop_processes_mentioning(text: str, timeout: float = 30) -> None:

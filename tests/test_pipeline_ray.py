@@ -7,7 +7,7 @@ from cdkd_ray.core.shards import shard_coco
 from cdkd_ray.core.data_config import DataConfig
 from cdkd_ray.core.keypoints import is_labelled_person
 from cdkd_ray.ray_adapters.pipeline import build_dataset
-from tests.helpers import split_file
+from tests.helpers import truncate_first_image
 
 CFG = DataConfig(input_size=(128, 96), heatmap_size=(32, 24), sigma=1.0, images_per_block=4)
 
@@ -69,19 +69,10 @@ def test_the_parts_are_read_once_per_pass_without_relisting(ray_session, synth_s
 
 @pytest.mark.timeout(300)
 def test_corrupt_image_in_shard_is_reported_by_id(ray_session, synth_dir, tmp_path, caplog):
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     root = tmp_path / "shards"
     shard_coco(str(synth_dir / "annotations" / "person_keypoints_val.json"), str(synth_dir / "val"), str(root),
                split="val", show_progress=False)
-    part = split_file(root, "val", "part")
-    table = pq.read_table(part)
-    images = table.column("image").to_pylist()
-    bad_id = table.column("image_id")[0].as_py()
-    images[0] = images[0][:200]  # header only: undecodable
-    table = table.set_column(table.schema.get_field_index("image"), "image", pa.array(images, pa.binary()))
-    pq.write_table(table, part)
+    table, bad_id = truncate_first_image(root, "val")
     from cdkd_ray.core.instances import build_instances, rows_from_arrow
     from cdkd_ray.core.errors import DataValidationError
 

@@ -13,6 +13,7 @@ from cdkd_ray.core.config import load_config
 from cdkd_ray.core.models.pose_resnet import ModelConfig, PoseResNet
 from cdkd_ray.core.experiment import ExperimentConfig, RunKind
 from cdkd_ray.ray_adapters.train_driver import run_training
+from tests.helpers import processes_mentioning, truncate_first_image
 
 pytestmark = pytest.mark.timeout(420)
 
@@ -58,29 +59,13 @@ def test_distill_local_then_resume_and_outputs(ray_session, synth_shards, teache
     # (that a baseline sees the same batches as CDKD for the same seed is checked by the compare study's test)
 
 
-def _truncate_first_image(part) -> None:
-    """Cut the first image of a shard part to its header: undecodable, as a shard written by another tool might hold."""
-    import io
-
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(io.BytesIO(part.read_bytes()))
-    images = table.column("image").to_pylist()
-    images[0] = images[0][:200]
-    sink = io.BytesIO()
-    pq.write_table(table.set_column(table.schema.get_field_index("image"), "image", pa.array(images, pa.binary())), sink)
-    part.write_bytes(sink.getvalue())
-
-
 def test_distill_from_s3_shards_to_s3_storage_skips_and_counts_an_undecodable_image(ray_session, synth_dir, s3_bucket,
                                                                                      teacher_file):
     from cdkd_ray.apps.recipes import shard_coco_dir
     from cdkd_ray.core.storage import resolve
 
     data = shard_coco_dir(str(synth_dir), f"{s3_bucket}/coco", rows_per_file=10)
-    manifest = json.loads(resolve(f"{data}/train/manifest.json").read_bytes())
-    _truncate_first_image(resolve(f"{data}/train/{manifest['files'][0]['name']}"))
+    truncate_first_image(data, "train")
     summary = run_training(tiny("train.epochs=1", "teacher.placement=worker", "train.max_steps_per_epoch=null",
                                 "data.verify_shards=false", "data.on_bad_image=skip"),
                            RunKind.CDKD, data, f"{s3_bucket}/runs", "cdkd-s3", teacher_checkpoint=teacher_file)
@@ -94,15 +79,13 @@ def test_distill_from_s3_shards_to_s3_storage_skips_and_counts_an_undecodable_im
     assert _wait_for_no_process("ray::BadImageCounter"), "the run's bad-image counter outlived the run"
 
 
-def _wait_for_no_process(name: str, timeout: float = 15.0) -> bool:
-    import psutil
-
+def _wait_for_no_process(text: str, timeout: float = 15.0) -> bool:
     deadline = time.time() + timeout
-    while time.time() < deadline:
-        if not [p for p in psutil.process_iter(["cmdline"]) if name in " ".join(p.info["cmdline"] or [])]:
-            return True
+    while processes_mentioning(text):
+        if time.time() > deadline:
+            return False
         time.sleep(0.5)
-    return False
+    return True
 
 
 def test_killed_worker_recovers_without_losing_or_repeating_epochs(ray_session, synth_shards, teacher_file, tmp_path):

@@ -15,11 +15,12 @@ from torch import nn
 
 from cdkd_ray.core.keypoints import NUM_KEYPOINTS
 from cdkd_ray.core.errors import ConfigError
-from cdkd_ray.core.models.resnet import ResNetBackbone
+from cdkd_ray.core.models.resnet import RESNET_LAYOUTS, ResNetBackbone
 
 Arch = Literal["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
 ARCHS: tuple[str, ...] = get_args(Arch)
-BASIC_BLOCK_ARCHS = ARCHS[:2]  # resnet18/34: BasicBlock; deeper nets use Bottleneck (4x channels)
+# resnet18/34 use BasicBlock; deeper nets use Bottleneck (4x channels)
+BASIC_BLOCK_ARCHS = tuple(a for a, (_, bottleneck) in RESNET_LAYOUTS.items() if not bottleneck)
 HEATMAP_STRIDE = 4  # three stride-2 deconvolutions after a stride-32 backbone: heatmap = input / 4
 BACKBONE_TAPS = ("stem", "layer1", "layer2", "layer3", "layer4")
 DECONV_TAPS = ("deconv1", "deconv2", "deconv3")

@@ -44,7 +44,7 @@ class Bottleneck(nn.Module):
         super().__init__()
         self.conv1, self.bn1 = _conv(cin, planes, 1), nn.BatchNorm2d(planes)
         self.conv2, self.bn2 = _conv(planes, planes, 3, stride), nn.BatchNorm2d(planes)
-        self.conv3, self.bn3 = _conv(planes, planes * 4, 1), nn.BatchNorm2d(planes * 4)
+        self.conv3, self.bn3 = _conv(planes, planes * self.expansion, 1), nn.BatchNorm2d(planes * self.expansion)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
 
