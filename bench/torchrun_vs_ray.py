@@ -1,12 +1,14 @@
 """What does Ray cost? Ray Train + Ray Data against torchrun + DataLoader, side by side in one run.
 
-    python bench/torchrun_vs_ray.py [--images 600] [--epochs 3] [--passes 32] [--json]
+    python bench/torchrun_vs_ray.py [--images 600] [--epochs 3] [--passes 32] [--rounds 2] [--json]
 
 Both sides read the same shards, run the same decode/augment/target code (`build_instances`), the same
 model and the same training step (the core's `fit_epoch`), at 1 and 2 workers with the same global batch
 and the same CPU budget (all cores of this machine: 1 worker gets them all, 2 workers half each; the
 DataLoader gets as many processes per rank as the rank has cores, Ray Data schedules its own tasks).
-Epoch 0 is start-up; steady state is the mean of the later epochs. Printed:
+Epoch 0 is start-up; steady state is the mean of the later epochs, timed from each epoch's first batch
+(the wait for it, each epoch's pipeline start-up, is printed apart; whole-epoch rates too). The training
+runs alternate between the sides, `--rounds` times. Printed:
 
 1. the data path alone, samples/s in one long stream (the parts read --passes times, so a per-execution
    start-up does not hide the rate; the time to the first batch is printed apart): one process (no Ray,
@@ -78,13 +80,13 @@ def torchrun_worker(args) -> None:
     session = new_session(cfg, RunKind.BASELINE)
     if world > 1:
         session.model = torch.nn.parallel.DistributedDataParallel(session.module)
-    rates = []
+    epochs = []
     for epoch in range(args.epochs):
         sampler.set_epoch(epoch)
         dataset.set_epoch(epoch)
-        rates.append(fit_epoch(session, loader, epoch, world)["images_per_s"])
+        epochs.append(epoch_timing(fit_epoch(session, loader, epoch, world)))
     if rank == 0:
-        print("RATES " + json.dumps(rates), flush=True)
+        print("RATES " + json.dumps(epochs), flush=True)
     if world > 1:
         dist.destroy_process_group()
 
@@ -146,41 +148,80 @@ def ray_data_rate(shards: str, passes: int, overrides: list[str] = ()) -> dict:
     return {"startup_s": timings[1][0], "steady": timings[1][1]}
 
 
-def ray_train_rates(shards: str, storage: str, workers: int, epochs: int) -> list[float]:
+def epoch_timing(metrics: dict) -> dict:
+    """One epoch's rates from fit_epoch's metrics: whole epoch, and from its first batch on (start-up apart)."""
+    images = metrics["images_per_s"] * metrics["epoch_seconds"]
+    after_first = metrics["epoch_seconds"] - metrics["first_batch_seconds"]
+    return {"images_per_s": metrics["images_per_s"], "after_first_batch": images / max(after_first, 1e-9),
+            "first_batch_s": metrics["first_batch_seconds"], "data_wait_s": metrics["data_wait_seconds"],
+            "epoch_s": metrics["epoch_seconds"]}
+
+
+def ray_train_rates(shards: str, storage: str, workers: int, epochs: int, name: str) -> list[dict]:
+    """Per-epoch timings of a new Ray Train run called `name` (a name that exists would resume that run)."""
     from cdkd_ray.core.experiment import RunKind
     from cdkd_ray.ray_adapters.train_driver import run_training
 
-    summary = run_training(experiment(workers, epochs), RunKind.BASELINE, shards, storage, f"ray-w{workers}",
-                           write_outputs=True)
+    summary = run_training(experiment(workers, epochs), RunKind.BASELINE, shards, storage, name, write_outputs=True)
     with open(os.path.join(summary["run_dir"], "metrics.jsonl")) as f:
-        return [json.loads(line)["images_per_s"] for line in f if line.strip()]
+        return [epoch_timing(json.loads(line)) for line in f if line.strip()]
 
 
 # ------------------------------------------------------------------ the comparison
 
-def measure(shards: str, storage: str, epochs: int, passes: int) -> dict:
-    """Every rate in one run: the data paths ({startup_s, steady}), then training per epoch, torchrun before Ray."""
+def measure(shards: str, storage: str, epochs: int, passes: int, rounds: int) -> dict:
+    """Every rate in one run: the data paths ({startup_s, steady}), then `rounds` of training per side.
+
+    The training runs alternate (torchrun w1, Ray w1, torchrun w2, Ray w2, again), so a drift of this
+    machine's speed over the run falls on both sides; Ray is shut down while torchrun runs.
+    """
+    import ray
+
     from cdkd_ray.ray_adapters.runtime import ensure_ray
 
     data = {"single_process": single_process_rate(shards, passes),
             "dataloader": torchrun_rates(shards, 1, 1, passes=passes)}
-    train = {f"torchrun_w{w}": torchrun_rates(shards, w, epochs) for w in (1, 2)}
     ensure_ray()
     data["ray_data"] = ray_data_rate(shards, passes)
     data["ray_data_no_shuffle"] = ray_data_rate(shards, passes, ["data.shuffle_buffer=0"])
-    train.update({f"ray_train_w{w}": ray_train_rates(shards, storage, w, epochs) for w in (1, 2)})
+    train: dict[str, list[list[dict]]] = {f"{side}_w{w}": [] for w in (1, 2) for side in ("torchrun", "ray_train")}
+    for r in range(rounds):
+        for w in (1, 2):
+            ray.shutdown()
+            train[f"torchrun_w{w}"].append(torchrun_rates(shards, w, epochs))
+            ensure_ray()
+            train[f"ray_train_w{w}"].append(ray_train_rates(shards, storage, w, epochs, f"ray-w{w}-round{r}"))
+    ray.shutdown()
     return {"data": data, "train": train}
+
+
+def steady_rates(runs: list[list[dict]]) -> dict:
+    """A side's rates over its runs: epochs 2.. whole, the same from each epoch's first batch on, and start-ups."""
+    later = [e for run in runs for e in run[1:]] or [e for run in runs for e in run]
+    return {"whole_epoch": statistics.mean(e["images_per_s"] for e in later),
+            "after_first_batch": statistics.mean(e["after_first_batch"] for e in later),
+            "per_run": [statistics.mean(e["images_per_s"] for e in run[1:] or run) for run in runs],
+            "first_batch_s": statistics.mean(e["first_batch_s"] for e in later),
+            "epoch1_first_batch_s": statistics.mean(run[0]["first_batch_s"] for run in runs)}
 
 
 def report(measured: dict) -> dict:
     data, train = measured["data"], measured["train"]
-    s = {key: steady(values) for key, values in train.items()}
+    s = {key: steady_rates(runs) for key, runs in train.items()}
     one = data["single_process"]["steady"]
     result = {"cores": CORES, "data_path": data, "train_per_epoch": train, "train_steady": s,
               "ray_data_per_core_vs_single_process": data["ray_data"]["steady"] / CORES / one,
               "dataloader_per_core_vs_single_process": data["dataloader"]["steady"] / CORES / one,
-              "shuffle_buffer_cost": 1 - data["ray_data"]["steady"] / data["ray_data_no_shuffle"]["steady"],
-              **{f"ray_train_vs_torchrun_w{w}": s[f"ray_train_w{w}"] / s[f"torchrun_w{w}"] for w in (1, 2)}}
+              "shuffle_buffer_cost": 1 - data["ray_data"]["steady"] / data["ray_data_no_shuffle"]["steady"]}
+    for w in (1, 2):
+        ray_side, torch_side = s[f"ray_train_w{w}"], s[f"torchrun_w{w}"]
+        result[f"ray_train_vs_torchrun_w{w}"] = ray_side["after_first_batch"] / torch_side["after_first_batch"]
+        result[f"ray_train_vs_torchrun_w{w}_whole_epoch"] = ray_side["whole_epoch"] / torch_side["whole_epoch"]
+    result["table"] = "\n".join(data_lines(data, one) + train_lines(s, result))
+    return result
+
+
+def data_lines(data: dict, one: float) -> list[str]:
     lines = [f"{'data path alone (one long stream, start-up included)':<52}{'samples/s':>10}{'per core':>10}"
              f"{'start-up':>10}"]
     for label, key, cores in (("one process, one core (reference)", "single_process", 1),
@@ -189,16 +230,23 @@ def report(measured: dict) -> dict:
                               ("Ray Data, no shuffle buffer", "ray_data_no_shuffle", CORES)):
         d = data[key]
         lines.append(f"{label:<52}{d['steady']:>10.1f}{d['steady'] / cores / one:>9.2f}x{d['startup_s']:>9.2f}s")
-    lines.append(f"{'training (samples/s; steady: epochs 2..; epoch 1 apart)':<52}{'steady':>10}{'epoch 1':>10}{'ratio':>10}")
+    return lines
+
+
+def train_lines(s: dict, result: dict) -> list[str]:
+    lines = [f"{'training, samples/s (epochs 2..; mean of the runs)':<44}{'from 1st batch':>15}{'whole epoch':>12}"
+             f"{'1st batch':>10}{'epoch 1':>9}"]
     for w in (1, 2):
         for side in ("torchrun", "ray_train"):
-            key = f"{side}_w{w}"
+            r = s[f"{side}_w{w}"]
             label = f"{'torchrun + DataLoader' if side == 'torchrun' else 'Ray Train + Ray Data'}, {w} worker(s)"
-            ratio = f"{s[key] / s[f'torchrun_w{w}']:.2f}x" if side == "ray_train" else ""
-            lines.append(f"{label:<52}{s[key]:>10.1f}{train[key][0]:>10.1f}{ratio:>10}")
+            runs = "/".join(f"{v:.1f}" for v in r["per_run"])
+            lines.append(f"{label:<44}{r['after_first_batch']:>15.1f}{r['whole_epoch']:>12.1f}"
+                         f"{r['first_batch_s']:>9.2f}s{r['epoch1_first_batch_s']:>8.1f}s   runs {runs}")
+        lines.append(f"{'':<8}ratio {result[f'ray_train_vs_torchrun_w{w}']:.2f}x from the first batch, "
+                     f"{result[f'ray_train_vs_torchrun_w{w}_whole_epoch']:.2f}x whole epochs")
     lines.append(f"the shuffle buffer costs {result['shuffle_buffer_cost']:.1%} of Ray Data's steady rate")
-    result["table"] = "\n".join(lines)
-    return result
+    return lines
 
 
 def main() -> None:
@@ -209,6 +257,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # one torchrun rank
     parser.add_argument("--passes", type=int, default=32, help="passes over the parts in one data-path stream")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating training runs per side and worker count")
     args = parser.parse_args()
     if args.worker:
         return torchrun_worker(args)
@@ -217,7 +266,7 @@ def main() -> None:
     work = tempfile.mkdtemp(prefix="cdkd-torchrun-bench-")
     shards = args.shards or shard_coco_dir(make_synthetic(os.path.join(work, "synth"), args.images, 8, seed=0),
                                            os.path.join(work, "shards"), rows_per_file=50)
-    result = report(measure(shards, os.path.join(work, "runs"), args.epochs, args.passes))
+    result = report(measure(shards, os.path.join(work, "runs"), args.epochs, args.passes, args.rounds))
     print(result["table"])
     if args.json:
         print(json.dumps({k: v for k, v in result.items() if k != "table"}))

@@ -49,3 +49,28 @@ def test_core_training_step_and_evaluation_run_without_ray(synth_shards, tmp_pat
     assert 0.0 <= m["AP"] <= 1.0 and "AR" in m and "score" in m
     # val GT loss: the training loss's measure on val crops, so over-fitting shows as a gap
     assert 0 < m["val_loss_gt"] < 10 * m["loss_gt_zeros"]
+
+
+def test_an_epoch_reports_how_long_it_waited_for_data(synth_shards):
+    """fit_epoch times the waits for batches apart from the steps: the first one (the pipeline's start-up)
+    and all of them, so a user sees when training is input-bound."""
+    import time
+
+    from cdkd_ray.core.config import load_config
+    from cdkd_ray.core.experiment import ExperimentConfig, RunKind, experiment_for
+    from cdkd_ray.core.instances import build_instances
+    from cdkd_ray.core.shard_reader import iter_shard_rows
+    from cdkd_ray.core.training import fit_epoch, new_session, torch_batches
+
+    cfg = experiment_for(RunKind.BASELINE, load_config(ExperimentConfig, "tiny", ["train.max_steps_per_epoch=3"]))
+    ready = list(torch_batches((build_instances(r, cfg.data, True) for r in iter_shard_rows(synth_shards, "train", 8)), 8))
+
+    def slow_batches():
+        for i, batch in enumerate(ready[:3]):
+            time.sleep(0.4 if i == 0 else 0.2)
+            yield batch
+
+    m = fit_epoch(new_session(cfg, RunKind.BASELINE), slow_batches(), epoch=0)
+    assert m["steps"] == 3
+    assert 0.4 <= m["first_batch_seconds"] < 0.4 + 0.15
+    assert 0.8 <= m["data_wait_seconds"] < m["epoch_seconds"]

@@ -68,6 +68,22 @@ def test_the_parts_are_read_once_per_pass_without_relisting(ray_session, synth_s
 
 
 @pytest.mark.timeout(300)
+def test_decoding_fuses_into_the_read_tasks_when_there_are_parts_for_every_slot(ray_session, synth_dir, synth_shards,
+                                                                                  tmp_path):
+    """Enough parts: one task per part reads and decodes it (no second task per block, no trip of the encoded
+    images through the object store). One part: Ray splits it so that every task slot has work."""
+    from cdkd_ray.apps.recipes import shard_coco_dir
+
+    many = build_dataset(synth_shards, "train", CFG, passes=4).materialize()
+    assert "ReadParquet->MapBatches(_instances_udf)" in many.stats()
+    one_part = shard_coco_dir(str(synth_dir), str(tmp_path / "one-part"), rows_per_file=10_000)
+    single = build_dataset(one_part, "train", CFG).materialize()
+    assert "SplitBlocks" in single.stats() and single.num_blocks() >= 2
+    once = Counter(single.to_pandas()["image_id"])
+    assert once and Counter(many.to_pandas()["image_id"]) == Counter({k: 4 * v for k, v in once.items()})
+
+
+@pytest.mark.timeout(300)
 def test_corrupt_image_in_shard_is_reported_by_id(ray_session, synth_dir, tmp_path, caplog):
     root = tmp_path / "shards"
     shard_coco(str(synth_dir / "annotations" / "person_keypoints_val.json"), str(synth_dir / "val"), str(root),
@@ -130,3 +146,17 @@ def test_decode_tasks_are_capped_at_the_cores_of_an_over_declared_local_ray(ray_
     cores = os.cpu_count()
     assert map_task_limit(CFG) == (cores if declared > cores else None)
     assert map_task_limit(dataclasses.replace(CFG, max_tasks=3)) == 3
+
+
+def test_the_decode_tasks_need_no_torch():
+    """Ray Data's workers import this module for the decode function; without torch (~3-4 s to import here)
+    every new data worker, and every epoch 1 of a run, starts sooner. The teacher stage imports it itself."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    code = "import sys, cdkd_ray.ray_adapters.pipeline; print(sorted({'torch', 'torchvision'} & set(sys.modules)))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "[]"

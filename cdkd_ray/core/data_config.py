@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Literal, Optional
 
 from cdkd_ray.core.errors import ConfigError
-from cdkd_ray.core.models.pose_resnet import HEATMAP_STRIDE, heatmap_size_for
+from cdkd_ray.core.models.strides import HEATMAP_STRIDE, heatmap_size_for
 
 
 @dataclass
@@ -31,7 +31,7 @@ class DataConfig:
     det_score_threshold: float = 0.0
     on_bad_image: Literal["skip", "fail"] = "skip"
     verify_shards: bool = True  # check every part's size and SHA-256 against the manifest when a run starts
-    images_per_block: int = 16  # images per map_batches call
+    images_per_block: int = 16  # images decoded per output batch of a read/decode task
     s3_client: Literal["pyarrow", "s3fs"] = "pyarrow"  # how training reads Parquet parts from s3://
     shuffle_buffer: int = 512  # training instances mixed across images and blocks, reseeded every epoch (0: off)
     num_cpus_per_task: float = 0.5

@@ -150,8 +150,10 @@ def fit_epoch(session: TrainingSession, batches: Iterable[dict], epoch: int, wor
         session.teacher.model.eval()
     sums: dict[str, float] = {}
     steps, images_seen, started, digest = 0, 0, time.perf_counter(), hashlib.sha1()
-    limit = session.cfg.train.max_steps_per_epoch
+    limit, waited, asked, first = session.cfg.train.max_steps_per_epoch, 0.0, started, None
     for batch in batches:
+        waited += time.perf_counter() - asked
+        first = waited if first is None else first
         if limit and steps >= limit:
             break
         batch_digest(digest, batch)
@@ -159,10 +161,12 @@ def fit_epoch(session: TrainingSession, batches: Iterable[dict], epoch: int, wor
             sums[key] = sums.get(key, 0.0) + value
         steps += 1
         images_seen += len(batch["image"])
+        asked = time.perf_counter()
     seconds = time.perf_counter() - started
     metrics = {"epoch": epoch, "step": session.step, "lr": learning_rate(session.cfg, max(session.step - 1, 0), epoch),
                "steps": steps, "images_per_s": images_seen * world_size / max(seconds, 1e-9),
-               "epoch_seconds": seconds, "data_digest": digest.hexdigest()}
+               "epoch_seconds": seconds, "data_wait_seconds": waited,
+               "first_batch_seconds": first or 0.0, "data_digest": digest.hexdigest()}
     kept = LOSS_TERMS if session.kind.distills else SUPERVISED_TERMS
     metrics.update({k: sums[k] / steps for k in kept if steps and k in sums})
     return metrics

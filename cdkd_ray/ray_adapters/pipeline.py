@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import os
-from typing import Optional
+from typing import Iterator, Optional
+
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
-import torch
 
 from cdkd_ray.core.data_config import DataConfig
-from cdkd_ray.core.experiment import ExperimentConfig
 from cdkd_ray.core.instances import build_instances, load_detections, rows_from_arrow
 from cdkd_ray.core.shards import shard_files
 from cdkd_ray.core.storage import arrow_s3_filesystem
-from cdkd_ray.core.teacher import Teacher
+
+if TYPE_CHECKING:  # torch stays out of the decode tasks, which import this module for their function
+    from cdkd_ray.core.experiment import ExperimentConfig
 
 
 def execution_index() -> int:
@@ -43,12 +45,19 @@ def new_bad_image_counter():
     return ray.remote(num_cpus=0)(BadImageCounter).remote()
 
 
-def _instances_udf(batch, cfg: DataConfig, train: bool, epoch: int,
-                   detections: Optional[dict[int, np.ndarray]], bad_images=None) -> dict[str, np.ndarray]:
+def _instances_udf(table, cfg: DataConfig, train: bool, epoch: int,
+                   detections: Optional[dict[int, np.ndarray]], bad_images=None) -> Iterator[dict[str, np.ndarray]]:
+    """The instances of a read block, `data.images_per_block` images at a time (a generator of output batches).
+
+    It takes whole blocks (no batch_size), so Ray Data fuses it with the read into one task per part.
+    """
     # Augmentation is seeded by (seed, epoch, image ids): every epoch differs, every run repeats.
     cv2.setNumThreads(1)  # parallelism comes from the tasks; OpenCV's own threads would oversubscribe the cores
     on_skip = (lambda image_id: bad_images.add.remote(image_id)) if bad_images is not None else None
-    return build_instances(rows_from_arrow(batch), cfg, train, epoch + execution_index(), detections, on_skip=on_skip)
+    epoch += execution_index()
+    for start in range(0, table.num_rows, cfg.images_per_block):
+        rows = rows_from_arrow(table.slice(start, cfg.images_per_block))
+        yield build_instances(rows, cfg, train, epoch, detections, on_skip=on_skip)
 
 
 def _read_filesystem(location, cfg: DataConfig):
@@ -58,19 +67,25 @@ def _read_filesystem(location, cfg: DataConfig):
     return arrow_s3_filesystem(location) if cfg.s3_client == "pyarrow" else location.fs
 
 
-def _read_parts(paths: list[str], filesystem, shuffle):
-    """Ray Data's file-based Parquet reader over exactly these parts (the manifest's list).
+def _read_parts(paths: list[str], filesystem, shuffle, cfg: DataConfig, tasks: int | None):
+    """Ray Data's file-based Parquet reader over exactly these parts (the manifest's list), one part a task.
 
     Not the 2.60 default (datasource V2): that one re-lists the paths every execution through a new
     footer-reader actor (an actor process per epoch, ~1 s more per epoch here) and drops repeated paths.
-    The manifest already names every part, so there is nothing to list.
+    The manifest already names every part, so there is nothing to list. With at least two parts per task
+    slot, each part is one read task, and the decode step fuses into it (no second task per block, no
+    trip of the encoded images through the object store); with fewer, Ray splits the parts so that all
+    slots work.
     """
     from ray.data import DataContext, read_parquet
 
     ctx = DataContext.get_current()
     saved, ctx.use_datasource_v2 = ctx.use_datasource_v2, False
     try:
-        return read_parquet(paths, filesystem=filesystem, shuffle=shuffle)
+        fusable = len(paths) >= 2 * (tasks or 1)
+        return read_parquet(paths, filesystem=filesystem, shuffle=shuffle, num_cpus=cfg.num_cpus_per_task,
+                            concurrency=tasks if fusable else None,
+                            override_num_blocks=len(paths) if fusable else 2 * (tasks or 1))
     finally:
         ctx.use_datasource_v2 = saved
 
@@ -96,14 +111,15 @@ def build_dataset(uri: str, split: str, cfg: DataConfig, train: bool | None = No
         from ray.data import FileShuffleConfig
 
         shuffle = FileShuffleConfig(seed=cfg.seed) if cfg.seed is not None else "files"
-    ds = _read_parts(paths * passes, _read_filesystem(location, cfg), shuffle)
+    tasks = map_task_limit(cfg)
+    ds = _read_parts(paths * passes, _read_filesystem(location, cfg), shuffle, cfg, tasks)
     return ds.map_batches(
         _instances_udf,
         fn_kwargs={"cfg": cfg, "train": train, "epoch": epoch, "detections": detections, "bad_images": bad_images},
-        batch_size=cfg.images_per_block,
+        batch_size=None,
         batch_format="pyarrow",
         num_cpus=cfg.num_cpus_per_task,
-        compute=ray.data.TaskPoolStrategy(size=map_task_limit(cfg)),
+        compute=ray.data.TaskPoolStrategy(size=tasks),
     )
 
 
@@ -149,6 +165,10 @@ class TeacherStage:
 
     def __init__(self, checkpoint: str, tap: str = "layer4", num_threads: int | None = None,
                  channel_order: str | None = None):
+        import torch
+
+        from cdkd_ray.core.teacher import Teacher
+
         if num_threads:
             torch.set_num_threads(num_threads)
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -159,6 +179,8 @@ class TeacherStage:
             batch["teacher_heatmaps"] = np.zeros((0, *batch["target"].shape[1:]), np.float16)
             batch["teacher_features"] = np.zeros((0, 1, 1, 1), np.float16)
             return batch
+        import torch
+
         heatmaps, feature = self.teacher.infer(torch.from_numpy(np.ascontiguousarray(batch["image"])))
         batch["teacher_heatmaps"] = heatmaps.cpu().numpy()
         batch["teacher_features"] = feature.cpu().numpy()

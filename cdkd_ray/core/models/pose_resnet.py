@@ -16,12 +16,12 @@ from torch import nn
 from cdkd_ray.core.keypoints import NUM_KEYPOINTS
 from cdkd_ray.core.errors import ConfigError
 from cdkd_ray.core.models.resnet import RESNET_LAYOUTS, ResNetBackbone
+from cdkd_ray.core.models.strides import HEATMAP_STRIDE, heatmap_size_for  # noqa: F401 (re-exported)
 
 Arch = Literal["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
 ARCHS: tuple[str, ...] = get_args(Arch)
 # resnet18/34 use BasicBlock; deeper nets use Bottleneck (4x channels)
 BASIC_BLOCK_ARCHS = tuple(a for a, (_, bottleneck) in RESNET_LAYOUTS.items() if not bottleneck)
-HEATMAP_STRIDE = 4  # three stride-2 deconvolutions after a stride-32 backbone: heatmap = input / 4
 BACKBONE_TAPS = ("stem", "layer1", "layer2", "layer3", "layer4")
 DECONV_TAPS = ("deconv1", "deconv2", "deconv3")
 TAPS = BACKBONE_TAPS + DECONV_TAPS
@@ -132,6 +132,3 @@ def count_flops(module: nn.Module, input_size: tuple[int, int], taps: tuple[str,
     return int(counter.get_total_flops())
 
 
-def heatmap_size_for(input_size: tuple[int, int]) -> tuple[int, int]:
-    """The heatmap (H, W) a SimpleBaseline head produces for an input (H, W)."""
-    return input_size[0] // HEATMAP_STRIDE, input_size[1] // HEATMAP_STRIDE
