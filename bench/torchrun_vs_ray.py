@@ -46,10 +46,6 @@ def experiment(workers: int, epochs: int) -> ExperimentConfig:
         f"train.cpus_per_worker={CORES / workers:g}", f"train.torch_threads={max(1, CORES // workers)}"])
 
 
-def steady(rates: list[float]) -> float:
-    return statistics.mean(rates[1:]) if len(rates) > 1 else rates[0]
-
-
 # ------------------------------------------------------------------ the torchrun side (one process per rank)
 
 def torchrun_worker(args) -> None:

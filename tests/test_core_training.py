@@ -72,5 +72,5 @@ def test_an_epoch_reports_how_long_it_waited_for_data(synth_shards):
 
     m = fit_epoch(new_session(cfg, RunKind.BASELINE), slow_batches(), epoch=0)
     assert m["steps"] == 3
-    assert 0.4 <= m["first_batch_seconds"] < 0.4 + 0.15
-    assert 0.8 <= m["data_wait_seconds"] < m["epoch_seconds"]
+    assert m["first_batch_seconds"] >= 0.4  # the first wait alone, not all of them:
+    assert m["data_wait_seconds"] >= m["first_batch_seconds"] + 0.4 and m["data_wait_seconds"] < m["epoch_seconds"]

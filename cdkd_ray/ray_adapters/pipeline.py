@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Iterator, Optional
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator, Optional
 
 import cv2
 import numpy as np
