@@ -1,6 +1,7 @@
 """What does Ray cost? Ray Train + Ray Data against torchrun + DataLoader, side by side in one run.
 
     python bench/torchrun_vs_ray.py [--images 600] [--epochs 3] [--passes 32] [--rounds 2] [--json]
+                                    [--rows-per-file 50] [--big-part-rows N]
 
 Both sides read the same shards, run the same decode/augment/target code (`build_instances`), the same
 model and the same training step (the core's `fit_epoch`), at 1 and 2 workers with the same global batch
@@ -13,7 +14,9 @@ runs alternate between the sides, `--rounds` times. Printed:
 1. the data path alone, samples/s in one long stream (the parts read --passes times, so a per-execution
    start-up does not hide the rate; the time to the first batch is printed apart): one process (no Ray,
    no DataLoader), DataLoader with shuffle, Ray Data (`build_dataset` + `train_batches` with the
-   instance shuffle buffer, and without it), and per core against the one-process path;
+   instance shuffle buffer, and without it; with --big-part-rows also over the same images in larger
+   parts), per core against the one-process path, and how many decode tasks ran at once on average
+   (from Ray's task timeline; --rounds 0 stops here);
 2. training, samples/s: torchrun (DDP, gloo) + DataLoader vs Ray Train + Ray Data, and the ratios.
 """
 
@@ -131,6 +134,15 @@ def timed_stream(batches) -> tuple[float, float]:
     return first, n / (time.perf_counter() - started)
 
 
+def tasks_running(since: float, until: float) -> float:
+    """Mean number of decode tasks running at once between two wall-clock times (from Ray's task timeline)."""
+    import ray
+
+    spans = [(max(e["ts"] / 1e6, since), min((e["ts"] + e["dur"]) / 1e6, until)) for e in ray.timeline()
+             if e.get("ph") == "X" and "_instances_udf" in str(e.get("cat", ""))]  # fused or not
+    return sum(max(0.0, end - start) for start, end in spans) / max(until - since, 1e-9)
+
+
 def ray_data_rate(shards: str, passes: int, overrides: list[str] = ()) -> dict:
     """Ray Data's training stream alone (build_dataset + train_batches) over the parts read `passes` times."""
     import dataclasses
@@ -139,9 +151,12 @@ def ray_data_rate(shards: str, passes: int, overrides: list[str] = ()) -> dict:
 
     cfg = experiment(1, 1)
     cfg = dataclasses.replace(cfg, data=load_config(ExperimentConfig, "synth-cpu", [*BASE, *overrides]).data)
-    timings = [timed_stream(train_batches(build_dataset(shards, "train", cfg.data, shuffle_files=True, passes=passes),
-                                          cfg, epoch)) for epoch in range(2)]  # the first warms the workers
-    return {"startup_s": timings[1][0], "steady": timings[1][1]}
+    stream = lambda epoch: train_batches(build_dataset(shards, "train", cfg.data, shuffle_files=True,  # noqa: E731
+                                                       passes=passes), cfg, epoch)
+    timed_stream(stream(0))  # warms the workers
+    since = time.time()
+    first, rate = timed_stream(stream(1))
+    return {"startup_s": first, "steady": rate, "tasks_running": tasks_running(since, time.time())}
 
 
 def epoch_timing(metrics: dict) -> dict:
@@ -165,7 +180,7 @@ def ray_train_rates(shards: str, storage: str, workers: int, epochs: int, name: 
 
 # ------------------------------------------------------------------ the comparison
 
-def measure(shards: str, storage: str, epochs: int, passes: int, rounds: int) -> dict:
+def measure(shards: str, storage: str, epochs: int, passes: int, rounds: int, big_parts: str | None = None) -> dict:
     """Every rate in one run: the data paths ({startup_s, steady}), then `rounds` of training per side.
 
     The training runs alternate (torchrun w1, Ray w1, torchrun w2, Ray w2, again), so a drift of this
@@ -180,6 +195,11 @@ def measure(shards: str, storage: str, epochs: int, passes: int, rounds: int) ->
     ensure_ray()
     data["ray_data"] = ray_data_rate(shards, passes)
     data["ray_data_no_shuffle"] = ray_data_rate(shards, passes, ["data.shuffle_buffer=0"])
+    if big_parts:  # the same images in fewer, larger parts: fewer, longer decode tasks
+        data["ray_data_big_parts"] = ray_data_rate(big_parts, passes)
+    if rounds == 0:
+        ray.shutdown()
+        return {"data": data, "train": {}}
     train: dict[str, list[list[dict]]] = {f"{side}_w{w}": [] for w in (1, 2) for side in ("torchrun", "ray_train")}
     for r in range(rounds):
         for w in (1, 2):
@@ -209,23 +229,29 @@ def report(measured: dict) -> dict:
               "ray_data_per_core_vs_single_process": data["ray_data"]["steady"] / CORES / one,
               "dataloader_per_core_vs_single_process": data["dataloader"]["steady"] / CORES / one,
               "shuffle_buffer_cost": 1 - data["ray_data"]["steady"] / data["ray_data_no_shuffle"]["steady"]}
-    for w in (1, 2):
+    if "ray_data_big_parts" in data:
+        result["big_parts_vs_small_parts"] = data["ray_data_big_parts"]["steady"] / data["ray_data"]["steady"]
+    for w in (1, 2) if train else ():
         ray_side, torch_side = s[f"ray_train_w{w}"], s[f"torchrun_w{w}"]
         result[f"ray_train_vs_torchrun_w{w}"] = ray_side["after_first_batch"] / torch_side["after_first_batch"]
         result[f"ray_train_vs_torchrun_w{w}_whole_epoch"] = ray_side["whole_epoch"] / torch_side["whole_epoch"]
-    result["table"] = "\n".join(data_lines(data, one) + train_lines(s, result))
+    result["table"] = "\n".join(data_lines(data, one) + (train_lines(s, result) if train else []))
     return result
 
 
 def data_lines(data: dict, one: float) -> list[str]:
     lines = [f"{'data path alone (one long stream, start-up included)':<52}{'samples/s':>10}{'per core':>10}"
-             f"{'start-up':>10}"]
+             f"{'start-up':>10}{'tasks at once':>15}"]
     for label, key, cores in (("one process, one core (reference)", "single_process", 1),
                               (f"DataLoader shuffle=True, {CORES} workers", "dataloader", CORES),
                               ("Ray Data + instance shuffle buffer", "ray_data", CORES),
-                              ("Ray Data, no shuffle buffer", "ray_data_no_shuffle", CORES)):
-        d = data[key]
-        lines.append(f"{label:<52}{d['steady']:>10.1f}{d['steady'] / cores / one:>9.2f}x{d['startup_s']:>9.2f}s")
+                              ("Ray Data, no shuffle buffer", "ray_data_no_shuffle", CORES),
+                              ("Ray Data + shuffle buffer, large parts", "ray_data_big_parts", CORES)):
+        d = data.get(key)
+        if d:
+            running = f"{d['tasks_running']:>12.2f}/{CORES}" if "tasks_running" in d else ""
+            lines.append(f"{label:<52}{d['steady']:>10.1f}{d['steady'] / cores / one:>9.2f}x{d['startup_s']:>9.2f}s"
+                         f"{running}")
     return lines
 
 
@@ -253,16 +279,23 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # one torchrun rank
     parser.add_argument("--passes", type=int, default=32, help="passes over the parts in one data-path stream")
-    parser.add_argument("--rounds", type=int, default=2, help="alternating training runs per side and worker count")
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="alternating training runs per side and worker count (0: the data path only)")
+    parser.add_argument("--rows-per-file", type=int, default=50, help="images per part of the shards")
+    parser.add_argument("--big-part-rows", type=int, default=0,
+                        help="also stream the images re-sharded with this many per part (0: skip)")
     args = parser.parse_args()
     if args.worker:
         return torchrun_worker(args)
     from cdkd_ray.apps.recipes import make_synthetic, shard_coco_dir
 
     work = tempfile.mkdtemp(prefix="cdkd-torchrun-bench-")
-    shards = args.shards or shard_coco_dir(make_synthetic(os.path.join(work, "synth"), args.images, 8, seed=0),
-                                           os.path.join(work, "shards"), rows_per_file=50)
-    result = report(measure(shards, os.path.join(work, "runs"), args.epochs, args.passes, args.rounds))
+    synth = os.path.join(work, "synth")
+    shards = args.shards or shard_coco_dir(make_synthetic(synth, args.images, 8, seed=0), os.path.join(work, "shards"),
+                                           rows_per_file=args.rows_per_file)
+    big = shard_coco_dir(synth, os.path.join(work, "big-parts"), rows_per_file=args.big_part_rows) \
+        if args.big_part_rows and not args.shards else None
+    result = report(measure(shards, os.path.join(work, "runs"), args.epochs, args.passes, args.rounds, big))
     print(result["table"])
     if args.json:
         print(json.dumps({k: v for k, v in result.items() if k != "table"}))

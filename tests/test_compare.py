@@ -89,8 +89,9 @@ def _interrupt_after_first_run(args: list[str], env: dict, runs) -> list:
 def test_two_by_two_study_resumes_and_reports_paired_intervals(synth_shards, teacher_file, tmp_path):
     study_file = tmp_path / "mini.yaml"
     study_file.write_text(yaml.safe_dump({
+        # one train worker a run: the study's mechanics do not depend on DDP (tested in test_training)
         "experiment": "tiny", "experiment_overrides": ["train.epochs=2", "train.max_steps_per_epoch=2",
-                                                       "teacher.placement=worker"],
+                                                       "teacher.placement=worker", "train.num_workers=1"],
         "variants": {"baseline": {"distill.enabled": False}, "cdkd-p0.3": {"distill.dropout_p": 0.3}},
         "seeds": [0, 1], "max_concurrent_trials": 2}))
     out = tmp_path / "out"
