@@ -16,7 +16,8 @@ runs alternate between the sides, `--rounds` times. Printed:
    no DataLoader), DataLoader with shuffle, Ray Data (`build_dataset` + `train_batches` with the
    instance shuffle buffer, and without it; with --big-part-rows also over the same images in larger
    parts), per core against the one-process path, and how many decode tasks ran at once on average
-   (from Ray's task timeline; --rounds 0 stops here);
+   (from Ray's task timeline), against plain Ray tasks of 0.1 s kept as many in flight as cores
+   (--rounds 0 stops here);
 2. training, samples/s: torchrun (DDP, gloo) + DataLoader vs Ray Train + Ray Data, and the ratios.
 """
 
@@ -143,6 +144,32 @@ def tasks_running(since: float, until: float) -> float:
     return sum(max(0.0, end - start) for start, end in spans) / max(until - since, 1e-9)
 
 
+def _busy_task(seconds: float) -> bytes:
+    started = time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        pass
+    return b"x" * (4 << 20)  # about one decoded block
+
+
+def plain_task_concurrency(task_s: float = 0.1, tasks: int = 48) -> float:
+    """Tasks running at once for plain Ray tasks of a decode task's length, CORES in flight (no Ray Data)."""
+    import ray
+
+    busy = ray.remote(num_cpus=0.5)(_busy_task)
+    ray.get([busy.remote(0.01) for _ in range(2 * CORES)])  # warm the workers
+    since, pending, submitted = time.time(), [], 0
+    while pending or submitted < tasks:
+        while len(pending) < CORES and submitted < tasks:
+            pending.append(busy.remote(task_s))
+            submitted += 1
+        ready, pending = ray.wait(pending, num_returns=1)
+        ray.get(ready)
+    until = time.time()
+    spans = [(max(e["ts"] / 1e6, since), min((e["ts"] + e["dur"]) / 1e6, until)) for e in ray.timeline()
+             if e.get("ph") == "X" and e.get("cat") == "task::_busy_task"]
+    return sum(max(0.0, end - start) for start, end in spans) / (until - since)
+
+
 def ray_data_rate(shards: str, passes: int, overrides: list[str] = ()) -> dict:
     """Ray Data's training stream alone (build_dataset + train_batches) over the parts read `passes` times."""
     import dataclasses
@@ -197,6 +224,7 @@ def measure(shards: str, storage: str, epochs: int, passes: int, rounds: int, bi
     data["ray_data_no_shuffle"] = ray_data_rate(shards, passes, ["data.shuffle_buffer=0"])
     if big_parts:  # the same images in fewer, larger parts: fewer, longer decode tasks
         data["ray_data_big_parts"] = ray_data_rate(big_parts, passes)
+    data["plain_ray_tasks_running"] = plain_task_concurrency()
     if rounds == 0:
         ray.shutdown()
         return {"data": data, "train": {}}
@@ -252,6 +280,9 @@ def data_lines(data: dict, one: float) -> list[str]:
             running = f"{d['tasks_running']:>12.2f}/{CORES}" if "tasks_running" in d else ""
             lines.append(f"{label:<52}{d['steady']:>10.1f}{d['steady'] / cores / one:>9.2f}x{d['startup_s']:>9.2f}s"
                          f"{running}")
+    if "plain_ray_tasks_running" in data:
+        lines.append(f"{'plain Ray tasks of 0.1 s, as many in flight as cores':<82}"
+                     f"{data['plain_ray_tasks_running']:>12.2f}/{CORES}")
     return lines
 
 
