@@ -27,7 +27,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from cdkd_ray.core.config import load_config  # noqa: E402
 from cdkd_ray.core.experiment import ExperimentConfig, RunKind, experiment_for  # noqa: E402
 from cdkd_ray.core.models.inference import normalize_images  # noqa: E402
-from cdkd_ray.core.models.pose_resnet import ModelConfig, PoseResNet, count_flops, heatmap_size_for  # noqa: E402
+from cdkd_ray.core.models.pose_resnet import ModelConfig, PoseResNet, count_flops  # noqa: E402
+from cdkd_ray.core.models.strides import heatmap_size_for  # noqa: E402
 from cdkd_ray.core.training import new_session, train_step  # noqa: E402
 
 # Dense bf16/fp16 tensor-core peaks (TFLOP/s, no sparsity) of GPUs people train on.

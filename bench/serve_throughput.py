@@ -31,7 +31,8 @@ def make_student(folder: str, input_size=(128, 96)) -> str:
 
     from cdkd_ray.core.losses import DistillStudent
     from cdkd_ray.core.models.export import export_student
-    from cdkd_ray.core.models.pose_resnet import ModelConfig, PoseResNet, heatmap_size_for
+    from cdkd_ray.core.models.pose_resnet import ModelConfig, PoseResNet
+    from cdkd_ray.core.models.strides import heatmap_size_for
     from cdkd_ray.core.checkpoint import save_checkpoint
 
     torch.manual_seed(0)

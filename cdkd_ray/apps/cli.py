@@ -152,7 +152,7 @@ def cmd_shards_gc(args: argparse.Namespace) -> None:
 def _data_config(args: argparse.Namespace):
     from cdkd_ray.core.config import from_dict
     from cdkd_ray.core.data_config import DataConfig
-    from cdkd_ray.core.models.pose_resnet import heatmap_size_for
+    from cdkd_ray.core.models.strides import heatmap_size_for
 
     values = {}
     if getattr(args, "input_size", None):

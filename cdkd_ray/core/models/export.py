@@ -15,7 +15,8 @@ from cdkd_ray.core.models.inference import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
 from cdkd_ray.core.checkpoint import CARD_FILE, EXPORT_FILES, ONNX_FILE, STUDENT_FILE, load_checkpoint
 from cdkd_ray.core.errors import CheckpointError
 from cdkd_ray.core.models.loading import build_from_state, infer_model_config, to_pose_resnet_keys
-from cdkd_ray.core.models.pose_resnet import PoseResNet, count_flops, count_parameters, heatmap_size_for
+from cdkd_ray.core.models.pose_resnet import PoseResNet, count_flops, count_parameters
+from cdkd_ray.core.models.strides import heatmap_size_for
 
 
 class HeatmapDecoder(nn.Module):

@@ -16,7 +16,6 @@ from torch import nn
 from cdkd_ray.core.keypoints import NUM_KEYPOINTS
 from cdkd_ray.core.errors import ConfigError
 from cdkd_ray.core.models.resnet import RESNET_LAYOUTS, ResNetBackbone
-from cdkd_ray.core.models.strides import HEATMAP_STRIDE, heatmap_size_for  # noqa: F401 (re-exported)
 
 Arch = Literal["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
 ARCHS: tuple[str, ...] = get_args(Arch)

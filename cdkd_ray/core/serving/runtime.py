@@ -17,7 +17,7 @@ from cdkd_ray.core.keypoints import NUM_KEYPOINTS
 from cdkd_ray.core.models.export import export_onnx
 from cdkd_ray.core.models.inference import normalize_images, predict_heatmaps
 from cdkd_ray.core.models.loading import follow_export_pointer, load_pose_model
-from cdkd_ray.core.models.pose_resnet import heatmap_size_for
+from cdkd_ray.core.models.strides import heatmap_size_for
 from cdkd_ray.core.storage import resolve
 
 
