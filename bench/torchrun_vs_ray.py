@@ -135,25 +135,24 @@ def timed_stream(batches) -> tuple[float, float]:
     return first, n / (time.perf_counter() - started)
 
 
-def tasks_running(since: float, until: float) -> float:
-    """Mean number of decode tasks running at once between two wall-clock times (from Ray's task timeline)."""
+def tasks_running(task: str, since: float, until: float) -> float:
+    """Mean number of tasks whose timeline category contains `task` running at once between two wall-clock times."""
     import ray
 
     spans = [(max(e["ts"] / 1e6, since), min((e["ts"] + e["dur"]) / 1e6, until)) for e in ray.timeline()
-             if e.get("ph") == "X" and "_instances_udf" in str(e.get("cat", ""))]  # fused or not
+             if e.get("ph") == "X" and task in str(e.get("cat", ""))]
     return sum(max(0.0, end - start) for start, end in spans) / max(until - since, 1e-9)
-
-
-def _busy_task(seconds: float) -> bytes:
-    started = time.perf_counter()
-    while time.perf_counter() - started < seconds:
-        pass
-    return b"x" * (4 << 20)  # about one decoded block
 
 
 def plain_task_concurrency(task_s: float = 0.1, tasks: int = 48) -> float:
     """Tasks running at once for plain Ray tasks of a decode task's length, CORES in flight (no Ray Data)."""
     import ray
+
+    def _busy_task(seconds: float) -> bytes:  # local, so Ray ships it by value whoever imports this file
+        started = time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            pass
+        return b"x" * (4 << 20)  # about one decoded block
 
     busy = ray.remote(num_cpus=0.5)(_busy_task)
     ray.get([busy.remote(0.01) for _ in range(2 * CORES)])  # warm the workers
@@ -164,10 +163,7 @@ def plain_task_concurrency(task_s: float = 0.1, tasks: int = 48) -> float:
             submitted += 1
         ready, pending = ray.wait(pending, num_returns=1)
         ray.get(ready)
-    until = time.time()
-    spans = [(max(e["ts"] / 1e6, since), min((e["ts"] + e["dur"]) / 1e6, until)) for e in ray.timeline()
-             if e.get("ph") == "X" and e.get("cat") == "task::_busy_task"]
-    return sum(max(0.0, end - start) for start, end in spans) / (until - since)
+    return tasks_running("task::_busy_task", since, time.time())
 
 
 def ray_data_rate(shards: str, passes: int, overrides: list[str] = ()) -> dict:
@@ -183,7 +179,8 @@ def ray_data_rate(shards: str, passes: int, overrides: list[str] = ()) -> dict:
     timed_stream(stream(0))  # warms the workers
     since = time.time()
     first, rate = timed_stream(stream(1))
-    return {"startup_s": first, "steady": rate, "tasks_running": tasks_running(since, time.time())}
+    decode = tasks_running("_instances_udf", since, time.time())  # the decode tasks, fused with the read or not
+    return {"startup_s": first, "steady": rate, "tasks_running": decode}
 
 
 def epoch_timing(metrics: dict) -> dict:
@@ -316,6 +313,8 @@ def main() -> None:
     parser.add_argument("--big-part-rows", type=int, default=0,
                         help="also stream the images re-sharded with this many per part (0: skip)")
     args = parser.parse_args()
+    if args.rounds < 0 or args.rows_per_file < 1 or args.big_part_rows < 0:
+        parser.error("--rounds and --big-part-rows must be >= 0, --rows-per-file >= 1")
     if args.worker:
         return torchrun_worker(args)
     from cdkd_ray.apps.recipes import make_synthetic, shard_coco_dir
