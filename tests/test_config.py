@@ -52,3 +52,15 @@ def test_cli_overrides_may_follow_options_after_a_positional(capsys):
     with pytest.raises(SystemExit):
         parse_args(["serve", "model_dir", "--port", "9000", "stray"])
     assert "unrecognized arguments: stray" in capsys.readouterr().err
+
+
+def test_serve_autoscaling_window_is_configurable_and_checked():
+    from ray.serve.config import AutoscalingConfig
+
+    from cdkd_ray.ray_adapters.serve.app import ServeConfig, autoscaling_config
+
+    cfg = from_dict(ServeConfig, apply_overrides({"model_uri": "export"}, ["look_back_period_s=5"]), "serve")
+    autoscaling = AutoscalingConfig(**autoscaling_config(cfg))  # what Serve itself accepts
+    assert autoscaling.look_back_period_s == 5.0 and autoscaling.downscale_delay_s == cfg.downscale_delay_s
+    with pytest.raises(ConfigError, match="look_back_period_s must be > 0"):
+        from_dict(ServeConfig, apply_overrides({"model_uri": "export"}, ["look_back_period_s=0"]), "serve")

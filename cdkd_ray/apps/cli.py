@@ -10,6 +10,7 @@ import sys
 import time
 from typing import Any, Callable
 
+from cdkd_ray.apps.quickstart_presets import DEFAULT_PRESET, PRESET_HELP, PRESETS
 from cdkd_ray.core.errors import CdkdError
 
 
@@ -497,8 +498,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("quickstart", cmd_quickstart,
             "Run the whole chain on an embedded local Ray with a local folder as object store.")
     p.add_argument("--workdir", default="cdkd-quickstart", help="where all outputs go (default: ./cdkd-quickstart)")
-    p.add_argument("--preset", choices=["tiny", "small"], default="small",
-                   help="size of the run (default: small, ~10 min on 2 cores; tiny: ~4 min)")
+    p.add_argument("--preset", choices=list(PRESETS), default=DEFAULT_PRESET,
+                   help=f"size of the run (default: {DEFAULT_PRESET}; {PRESET_HELP})")
     p.add_argument("--serve-port", type=int, default=0,
                    help="port of the Serve stage on 127.0.0.1 (default 0: a free one, chosen before any work)")
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from tqdm import tqdm
 
-from cdkd_ray.apps.quickstart_presets import PRESETS, QuickstartPreset, preflight
+from cdkd_ray.apps.quickstart_presets import DEFAULT_PRESET, PRESETS, QuickstartPreset, preflight
 from cdkd_ray.apps.recipes import KdPlan, make_synthetic, run_kd_plan, shard_coco_dir
 from cdkd_ray.core.codec_check import codec_check
 from cdkd_ray.core.config import load_config
@@ -58,7 +58,7 @@ class _Paths:
         return cls(workdir, *(os.path.join(workdir, n) for n in names))
 
 
-def run_quickstart(workdir: str, preset_name: str = "small", serve_port: int = 0) -> dict:
+def run_quickstart(workdir: str, preset_name: str = DEFAULT_PRESET, serve_port: int = 0) -> dict:
     """Every stage in order; returns (and writes) the summary with the paths of everything made."""
     workdir = os.path.abspath(workdir)
     serve_port = preflight(workdir, preset_name, serve_port)
@@ -178,9 +178,10 @@ def format_results_table(results: dict[str, dict], costs: dict[str, dict]) -> st
 
 
 # Autoscaling in the quickstart: replicas are added after 1 s above 2 ongoing requests each and removed
-# 5 s after the load stops (the defaults wait longer; a real deployment keeps them).
+# 5 s after the load stops, averaging the load over the last 5 s (the defaults wait and average longer;
+# a real deployment keeps them: with a 30 s window the replicas stay up ~30 s after the load).
 QUICKSTART_SERVE = {"min_replicas": 1, "max_replicas": 3, "num_cpus": 0.5, "target_ongoing_requests": 2.0,
-                    "upscale_delay_s": 1.0, "downscale_delay_s": 5.0}
+                    "upscale_delay_s": 1.0, "downscale_delay_s": 5.0, "look_back_period_s": 5.0}
 
 
 @dataclass(frozen=True)

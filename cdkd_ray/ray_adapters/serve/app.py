@@ -41,6 +41,7 @@ class ServeConfig:
     batch_wait_timeout_s: float = 0.0  # 0: a lone request runs at once; under load the queue forms the batches
     upscale_delay_s: float = 2.0
     downscale_delay_s: float = 10.0
+    look_back_period_s: float = 30.0  # the window Serve averages ongoing requests over (Ray's default)
     num_cpus: float = 1.0
     torch_threads: int = 1
     max_body_bytes: int = Limits.max_body_bytes
@@ -64,6 +65,8 @@ class ServeConfig:
             raise ConfigError(f"{where}.model_uri is required (a student export folder or s3:// URI)")
         if not 1 <= self.min_replicas <= self.max_replicas:
             raise ConfigError(f"{where}: need 1 <= min_replicas <= max_replicas")
+        if not self.look_back_period_s > 0:
+            raise ConfigError(f"{where}.look_back_period_s must be > 0 seconds, got {self.look_back_period_s}")
 
     @property
     def limits(self) -> Limits:
@@ -288,13 +291,17 @@ class PoseAPI:
         return Response(content=png.tobytes(), media_type="image/png")
 
 
+def autoscaling_config(cfg: ServeConfig) -> dict:
+    """Serve's autoscaling_config of the model replicas."""
+    return {"min_replicas": cfg.min_replicas, "max_replicas": cfg.max_replicas, "initial_replicas": cfg.min_replicas,
+            "target_ongoing_requests": cfg.target_ongoing_requests, "upscale_delay_s": cfg.upscale_delay_s,
+            "downscale_delay_s": cfg.downscale_delay_s, "look_back_period_s": cfg.look_back_period_s}
+
+
 def build_app(cfg: ServeConfig):
     """The bound Serve application for a ServeConfig."""
     model = PoseModel.options(
-        autoscaling_config={"min_replicas": cfg.min_replicas, "max_replicas": cfg.max_replicas,
-                            "initial_replicas": cfg.min_replicas,
-                            "target_ongoing_requests": cfg.target_ongoing_requests,
-                            "upscale_delay_s": cfg.upscale_delay_s, "downscale_delay_s": cfg.downscale_delay_s},
+        autoscaling_config=autoscaling_config(cfg),
         max_ongoing_requests=cfg.max_ongoing_requests,
         max_queued_requests=cfg.max_queued_requests,
         ray_actor_options={"num_cpus": cfg.num_cpus},
