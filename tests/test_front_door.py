@@ -114,3 +114,18 @@ def test_a_corrupt_part_fails_the_run_before_it_starts_naming_the_file(synth_dir
         run_training(load_config(ExperimentConfig, "tiny"), RunKind.BASELINE, shards, str(tmp_path / "runs"), "b")
     assert part.name in str(err.value) and "checksum mismatch" in str(err.value)
     assert not (tmp_path / "runs" / "b").exists()
+
+
+def test_every_quickstart_preset_is_a_valid_experiment_and_the_cli_offers_them():
+    from cdkd_ray.apps.cli import parse_args
+    from cdkd_ray.apps.quickstart_presets import DEFAULT_PRESET, PRESETS
+    from cdkd_ray.core.config import load_config
+    from cdkd_ray.core.experiment import ExperimentConfig
+
+    for name, preset in PRESETS.items():
+        teacher = load_config(ExperimentConfig, preset.experiment, preset.teacher_overrides)
+        student = load_config(ExperimentConfig, preset.experiment, preset.student_overrides)
+        assert preset.train_images > preset.val_images > 0 and teacher.train.epochs >= student.train.epochs >= 2, name
+        assert parse_args(["quickstart", "--preset", name]).preset == name
+    default = load_config(ExperimentConfig, PRESETS[DEFAULT_PRESET].experiment)
+    assert parse_args(["quickstart"]).preset == DEFAULT_PRESET and default.teacher.arch != default.model.arch

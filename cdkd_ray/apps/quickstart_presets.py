@@ -18,7 +18,8 @@ class QuickstartPreset:
 
 PRESETS = {
     "tiny": QuickstartPreset(48, 16, "tiny", ["train.epochs=2"], ["train.epochs=2"], disk_gib=2.0),
-    # the default: the paper's shape (ResNet-50 teacher, ResNet-18 students) in ~24 steps a model, < 6 min on 2 cores
+    # the default: the paper's shape (ResNet-50 teacher, ResNet-18 students), ~13 steps an epoch, < 6 min on 2 cores;
+    # the teacher trains one epoch more: CDKD from a 2-epoch teacher did not settle (README, Quickstart)
     "quick": QuickstartPreset(96, 24, "synth-cpu",
                               ["train.epochs=3", "train.lr_steps=[100]", "train.warmup_iters=8"],
                               ["train.epochs=2", "train.lr_steps=[100]", "train.warmup_iters=8"], disk_gib=3.0),
@@ -29,8 +30,8 @@ PRESETS = {
 
 DEFAULT_PRESET = "quick"
 # what each preset is for, with its wall time on 2 cores (README: the measured runs)
-PRESET_HELP = ("tiny: CI smoke, ResNet-18 teacher, ~4 min; quick: ResNet-50 teacher, 2 epochs of ~12 steps, "
-               "< 6 min; small: 300 images, 3 epochs, ~6-18 min")
+PRESET_HELP = ("tiny: CI smoke, ResNet-18 teacher, ~4 min; quick: 96 images, ResNet-50 teacher 3 epochs, "
+               "students 2, ~5-6 min; small: 300 images, 3 epochs each, ~6-18 min")
 
 
 def preflight(workdir: str, preset_name: str, serve_port: int) -> int:
