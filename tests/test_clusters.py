@@ -259,3 +259,39 @@ def stop_processes_mentioning(text: str, timeout: float = 30) -> None:
         deadline = time.time() + timeout
         while time.time() < deadline and processes_mentioning(text):
             time.sleep(0.5)
+
+
+_HEAD_WITH_A_DETACHED_CHILD = r"""
+import os, signal, subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c",
+    "import os, signal, time; os.setsid(); signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+    "open(os.environ['READY'], 'w').write(str(os.getpid())); time.sleep(600)"])
+signal.signal(signal.SIGTERM, lambda *a: os._exit(0))  # the head goes at once; its child is re-parented
+time.sleep(600)
+"""
+
+
+def test_cluster_down_stops_a_process_that_left_the_tree_and_ignores_sigterm(tmp_path):
+    """A node process re-parented after its parent died (own session, SIGTERM ignored) is still stopped."""
+    import psutil
+
+    from cdkd_ray.ray_adapters.local_cluster import ClusterState, _write_state, cluster_down
+
+    ready = tmp_path / "child.pid"
+    head = subprocess.Popen([sys.executable, "-c", _HEAD_WITH_A_DETACHED_CHILD], env={**os.environ, "READY": str(ready)},
+                            start_new_session=True)
+    deadline = time.time() + 30
+    while not (ready.exists() and ready.read_text()) and time.time() < deadline:
+        time.sleep(0.1)
+    child = psutil.Process(int(ready.read_text()))
+    _write_state(ClusterState(pid=head.pid, address="127.0.0.1:1", dashboard_url="", config="", log="",
+                              state_dir=str(tmp_path)))
+    try:
+        result = cluster_down(str(tmp_path), grace_s=1.0)
+        head.wait(timeout=10)
+        assert result["stopped"] and result["processes_stopped"] == 2
+        assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE
+        assert not (tmp_path / "cluster.json").exists()
+    finally:
+        if child.is_running():
+            child.kill()

@@ -198,6 +198,32 @@ def cluster_processes(pid: int) -> list:
     return [p for p in procs.values() if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
 
 
+def _alive(procs) -> list:
+    """Distinct processes still running (not zombies); a reused pid is a different process to psutil."""
+    import psutil
+
+    unique = {}
+    for p in procs:
+        try:
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                unique[p.pid] = p
+        except psutil.Error:
+            continue
+    return list(unique.values())
+
+
+def _children_of(procs) -> list:
+    import psutil
+
+    found = []
+    for p in list(procs):
+        try:
+            found.extend(p.children(recursive=True))
+        except psutil.Error:
+            continue
+    return found
+
+
 def cluster_down(state_dir: str | None = None, grace_s: float = 5.0) -> dict:
     """Stop the head, the autoscaler and every node it started; verify no process is left."""
     import psutil
@@ -210,7 +236,8 @@ def cluster_down(state_dir: str | None = None, grace_s: float = 5.0) -> dict:
     deadline = time.monotonic() + grace_s
     sig = signal.SIGTERM
     while True:
-        procs = cluster_processes(state.pid)
+        # processes seen before stay tracked: one whose parent died is re-parented and leaves the tree
+        procs = _alive([*cluster_processes(state.pid), *seen.values(), *_children_of(seen.values())])
         if not procs:
             break
         for p in procs:
@@ -223,7 +250,7 @@ def cluster_down(state_dir: str | None = None, grace_s: float = 5.0) -> dict:
         if time.monotonic() > deadline:
             sig = signal.SIGKILL
         if time.monotonic() > deadline + 10:
-            left = [p.pid for p in cluster_processes(state.pid)]
+            left = [p.pid for p in _alive([*cluster_processes(state.pid), *seen.values()])]
             raise CdkdError(f"processes of the cluster would not stop: {left}")
     _forget_current_cluster(state.address)
     os.remove(os.path.join(state_dir, STATE_FILE))
