@@ -36,7 +36,7 @@ def _cli_sweep_args(tmp_path, name: str, teacher_file: str, synth_shards: str) -
 
 def _interrupt_after_first_checkpoint(args: list[str], env: dict, train_runs) -> list:
     """Start a sweep, Ctrl-C it once a trial has checkpointed an epoch; the trials with a checkpoint."""
-    first = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    first = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                              start_new_session=True)
     deadline = time.time() + 400
     started = []
@@ -45,7 +45,9 @@ def _interrupt_after_first_checkpoint(args: list[str], env: dict, train_runs) ->
         started = [d for d in train_runs.glob("trial_*") if (d / "checkpoint_epoch0000").exists()] if train_runs.exists() else []
     time.sleep(3)
     os.killpg(first.pid, signal.SIGINT)
-    first.wait(timeout=120)
+    _, stderr = first.communicate(timeout=120)
+    # Tune returns from fit() on Ctrl-C: the sweep must say so, not write a table of half its trials
+    assert first.returncode == 130 and "--resume" in stderr, stderr[-3000:]
     return started
 
 
@@ -83,6 +85,14 @@ def test_asha_sweep_interrupted_and_resumed_keeps_finished_work_and_writes_outpu
     _check_sweep_outputs(summary, tmp_path / "out" / "s2")
     again = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
     assert again.returncode == 2 and "already exists" in again.stderr and "--resume" in again.stderr
+
+
+def test_trial_count_is_the_grid_times_the_samples():
+    assert sweep_config().trial_count() == 4
+    mixed = {"distill.dropout_p": {"grid": [0.1, 0.2]}, "distill.alpha": {"uniform": [0.0, 1.0]}}
+    assert sweep_config(search=mixed, search_alg="random", num_samples=3).trial_count() == 6
+    assert sweep_config(search={"distill.alpha": {"uniform": [0.0, 1.0]}}, search_alg="random",
+                        num_samples=5).trial_count() == 5
 
 
 def test_a_sweep_name_in_use_is_refused_before_ray_starts(synth_shards, teacher_file, tmp_path):

@@ -11,7 +11,7 @@ import time
 from typing import Any, Callable
 
 from cdkd_ray.apps.quickstart_presets import DEFAULT_PRESET, PRESET_HELP, PRESETS
-from cdkd_ray.core.errors import CdkdError
+from cdkd_ray.core.errors import CdkdError, InterruptedRun
 
 
 _FINAL_JSON: list[str] = []
@@ -698,6 +698,9 @@ def main(argv: list[str] | None = None) -> None:
             args.func(args)
         finally:
             _print_final_json()
+    except InterruptedRun as exc:
+        print(f"interrupted: {exc}", file=sys.stderr)
+        raise SystemExit(130) from None
     except CdkdError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -24,3 +24,7 @@ class ConfigError(CdkdError):
 
 class CheckpointError(CdkdError):
     """A checkpoint cannot be read, does not fit the model, or would overwrite something else."""
+
+
+class InterruptedRun(CdkdError):
+    """A run stopped before it ended (Ctrl-C, a stop request); its saved state can be resumed (exit code 130)."""
