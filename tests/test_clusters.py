@@ -295,3 +295,19 @@ def test_cluster_down_stops_a_process_that_left_the_tree_and_ignores_sigterm(tmp
     finally:
         if child.is_running():
             child.kill()
+
+
+def test_cluster_up_refuses_while_the_recorded_head_is_running(tmp_path):
+    """A second `cluster up` names the running head instead of starting another one over its ports."""
+    from cdkd_ray.core.errors import CdkdError
+    from cdkd_ray.ray_adapters.local_cluster import ClusterState, _write_state, cluster_up
+
+    head = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        _write_state(ClusterState(pid=head.pid, address="127.0.0.1:7", dashboard_url="", config="", log="",
+                                  state_dir=str(tmp_path)))
+        with pytest.raises(CdkdError, match=rf"already running at 127.0.0.1:7 \(head pid {head.pid}\)"):
+            cluster_up(state_dir=str(tmp_path))
+    finally:
+        head.kill()
+        head.wait()

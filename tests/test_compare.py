@@ -75,13 +75,15 @@ def _compare(args: list[str], env: dict, **kw):
 def _interrupt_after_first_run(args: list[str], env: dict, runs) -> list:
     """Start the study, Ctrl-C it once one run has finished; returns the finished runs."""
     first = subprocess.Popen([sys.executable, "-m", "cdkd_ray", "compare", *args], env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline, finished = time.time() + 300, []
     while time.time() < deadline and not finished:
         finished = [d for d in runs.glob("*-seed*") if (d / "summary.json").exists()] if runs.exists() else []
         time.sleep(0.5)
     os.killpg(first.pid, signal.SIGINT)
-    first.wait(timeout=120)
+    _, stderr = first.communicate(timeout=120)
+    # Tune returns from fit() on Ctrl-C: the study must say so, not report on half its runs
+    assert first.returncode == 130 and "--resume" in stderr, stderr[-3000:]
     return finished
 
 

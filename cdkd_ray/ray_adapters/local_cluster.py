@@ -198,7 +198,7 @@ def cluster_processes(pid: int) -> list:
     return [p for p in procs.values() if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
 
 
-def _alive(procs) -> list:
+def _still_running(procs) -> list:
     """Distinct processes still running (not zombies); a reused pid is a different process to psutil."""
     import psutil
 
@@ -237,7 +237,7 @@ def cluster_down(state_dir: str | None = None, grace_s: float = 5.0) -> dict:
     sig = signal.SIGTERM
     while True:
         # processes seen before stay tracked: one whose parent died is re-parented and leaves the tree
-        procs = _alive([*cluster_processes(state.pid), *seen.values(), *_children_of(seen.values())])
+        procs = _still_running([*cluster_processes(state.pid), *seen.values(), *_children_of(seen.values())])
         if not procs:
             break
         for p in procs:
@@ -250,7 +250,7 @@ def cluster_down(state_dir: str | None = None, grace_s: float = 5.0) -> dict:
         if time.monotonic() > deadline:
             sig = signal.SIGKILL
         if time.monotonic() > deadline + 10:
-            left = [p.pid for p in _alive([*cluster_processes(state.pid), *seen.values()])]
+            left = [p.pid for p in _still_running([*cluster_processes(state.pid), *seen.values()])]
             raise CdkdError(f"processes of the cluster would not stop: {left}")
     _forget_current_cluster(state.address)
     os.remove(os.path.join(state_dir, STATE_FILE))

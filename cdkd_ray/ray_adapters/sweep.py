@@ -15,9 +15,10 @@ from cdkd_ray.core.checkpoint import CHECKPOINT_PREFIX, EXPORT_POINTER, STATE_FI
 from cdkd_ray.core.names import check_name
 from cdkd_ray.core.selection import SCORE_KEY, best_by_score, selection_score
 from cdkd_ray.core.storage import Location, absolute_uri, pyarrow_filesystem, resolve
-from cdkd_ray.core.errors import CdkdError, InterruptedRun
+from cdkd_ray.core.errors import CdkdError
 from cdkd_ray.core.experiment import ExperimentConfig, distill_kind
 from cdkd_ray.ray_adapters.sweep_config import SweepConfig, tune_space
+from cdkd_ray.ray_adapters.tune_outcome import refuse_unfinished
 
 TRAIN_RUNS = "train_runs"
 
@@ -103,17 +104,8 @@ def run_sweep(sweep: SweepConfig, data_uri: str, storage_uri: str, name: str, te
         tuner = _new_tuner(trainable, sweep, experiment, base, name, storage.path if storage.is_remote else storage.uri,
                            fs)
     results = tuner.fit()
-    _refuse_unfinished(results, sweep.trial_count(), name)
+    refuse_unfinished(results, sweep.trial_count(), f"sweep '{name}'")
     return write_sweep_outputs(results, sweep, sweep_dir, experiment)
-
-
-def _refuse_unfinished(results, expected: int, name: str) -> None:
-    """Tune returns from fit() when stopped (Ctrl-C): then no outputs are written, the state stays resumable."""
-    finished = results.num_terminated + results.num_errors
-    if finished < expected:
-        raise InterruptedRun(f"sweep '{name}' stopped before it ended ({finished} of {expected} trials finished); "
-                             "its state is saved: run the same command with --resume to continue it. "
-                             "No table, plot or best student was written.")
 
 
 def apply_and_check(experiment: ExperimentConfig, key: str) -> None:
