@@ -95,6 +95,23 @@ def test_trial_count_is_the_grid_times_the_samples():
                         num_samples=5).trial_count() == 5
 
 
+def test_trials_stopped_by_an_interrupt_do_not_count_as_finished():
+    """Tune marks the trials it stops on Ctrl-C TERMINATED too; only `done` (or an error) means finished."""
+    from types import SimpleNamespace
+
+    from cdkd_ray.core.errors import InterruptedRun
+    from cdkd_ray.ray_adapters.tune_outcome import finished_trials, refuse_unfinished
+
+    returned = SimpleNamespace(error=None, metrics={"AP": 0.1, "done": True})
+    cut_off = SimpleNamespace(error=None, metrics={"AP": 0.0, "done": False})
+    failed = SimpleNamespace(error=RuntimeError("boom"), metrics={})
+    never_started = SimpleNamespace(error=None, metrics=None)
+    assert finished_trials([returned, cut_off, failed, never_started]) == 2
+    refuse_unfinished([returned, failed], 2, "sweep 's'")
+    with pytest.raises(InterruptedRun, match=r"sweep 's' stopped before it ended \(1 of 2 runs.*--resume"):
+        refuse_unfinished([returned, cut_off], 2, "sweep 's'")
+
+
 def test_a_sweep_name_in_use_is_refused_before_ray_starts(synth_shards, teacher_file, tmp_path):
     (tmp_path / "s1").mkdir()
     (tmp_path / "s1" / "tuner.pkl").write_bytes(b"")
