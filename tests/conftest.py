@@ -73,14 +73,10 @@ def ray_session(s3_server):
     """One local Ray for the whole session (started after the S3 env so workers inherit it)."""
     import ray
 
-    from cdkd_ray.ray_adapters.runtime import DATA_ENV
+    from cdkd_ray.ray_adapters.runtime import ensure_ray
 
-    os.environ.update(DATA_ENV)
-    ray.init(address="local", num_cpus=8, include_dashboard=False, object_store_memory=512 * 1024 * 1024,
-             _node_ip_address="127.0.0.1", log_to_driver=False, runtime_env={"env_vars": DATA_ENV})
-    import ray.data
-
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    os.environ.pop("RAY_ADDRESS", None)
+    ensure_ray(num_cpus=8)  # the embedded Ray users get, with the same runtime env and dashboard
     yield ray
     ray.shutdown()
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import re
 import subprocess
 import sys
@@ -311,3 +312,57 @@ def test_cluster_up_refuses_while_the_recorded_head_is_running(tmp_path):
     finally:
         head.kill()
         head.wait()
+
+
+_STATE_API_PROBE = r"""
+import json, sys, time
+from cdkd_ray.ray_adapters.runtime import ensure_ray
+ensure_ray(num_cpus=2)
+import ray
+
+@ray.remote(num_cpus=0)
+class Idle:
+    def ping(self):
+        return True
+
+@ray.remote(num_cpus=0)
+def ask_state_api(actor_id: str) -> dict:
+    import os
+    from ray.util.state import get_actor
+    started = time.monotonic()
+    try:
+        state = get_actor(actor_id, timeout=10).state
+    except Exception as exc:  # what Ray Train's placement group cleaner would have hit
+        state = f"{type(exc).__name__}: {exc}"[:300]
+    return {"state": state, "seconds": time.monotonic() - started,
+            "address": os.environ.get("RAY_ADDRESS"), "own": ray.get_runtime_context().gcs_address}
+
+idle = Idle.remote()
+ray.get(idle.ping.remote())
+print(json.dumps(ray.get(ask_state_api.remote(idle._actor_id.hex()))))
+"""
+
+
+@pytest.mark.timeout(240)
+def test_the_embedded_rays_state_api_answers_for_itself_not_a_stale_cluster_record():
+    """Ray Train's placement group cleaner asks Ray's state API, in a worker, whether the run's controller
+    is alive. Without an address the API used the last `ray start` head recorded on the machine: a dead
+    one made every run's shutdown wait ~12 s; a live other one answered "no such actor". The embedded
+    Ray now points its workers at itself."""
+    import tempfile
+
+    temp = tempfile.mkdtemp(prefix="cdkd-rt-", dir="/tmp")  # short: Ray's socket paths live under it
+    try:
+        os.makedirs(os.path.join(temp, "ray"))
+        with open(os.path.join(temp, "ray", "ray_current_cluster"), "w") as f:
+            f.write(f"127.0.0.1:{_free_port()}")  # a head that has gone: nothing listens there
+        env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "RAY_TMPDIR": temp}
+        proc = subprocess.run([sys.executable, "-c", _STATE_API_PROBE], env=env, capture_output=True,
+                              text=True, timeout=200, cwd=REPO)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        answer = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert answer["state"] == "ALIVE" and answer["seconds"] < 10, answer
+        assert answer["address"] == answer["own"]
+    finally:
+        stop_processes_mentioning(temp)
+        shutil.rmtree(temp, ignore_errors=True)

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 
 # Ray Data reads Parquet footers with 32 actors per dataset by default: one is plenty for our shards,
 # and 32 per dataset exhausts memory on small nodes.
 DATA_ENV = {"RAY_DATA_PARQUET_FOOTER_NUM_ACTORS": "1"}
 _STREAM_WORKER_LOGS = {"enabled": True}
+# The embedded Ray's job-wide runtime env: the data env, and the hook that points Ray's state API at it.
+LOCAL_RUNTIME_ENV = {"env_vars": DATA_ENV, "worker_process_setup_hook": f"{__name__}.address_this_cluster"}
 
 
 def stream_worker_logs(enabled: bool) -> None:
@@ -25,20 +28,38 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         return
     for key, value in DATA_ENV.items():
         os.environ.setdefault(key, value)
-    # A Ray Job's driver already runs in the job's runtime_env (jobs/runtime_env.yaml sets DATA_ENV).
-    runtime_env = None if "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ else {"env_vars": DATA_ENV}
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
+        # A Ray Job's driver already runs in the job's runtime_env (jobs/runtime_env.yaml sets DATA_ENV).
+        runtime_env = None if "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ else {"env_vars": DATA_ENV}
         ray.init(address=address, logging_level=logging.WARNING, runtime_env=runtime_env,
                  log_to_driver=_STREAM_WORKER_LOGS["enabled"])
         pin_data_helpers_here()
         return
     # Always a new embedded Ray ("local"): never join another command's Ray found in /tmp/ray.
     # Logical CPUs are declared generously: Data, Train and Tune drivers then never deadlock.
-    ray.init(address="local", num_cpus=num_cpus or max(8, 2 * (os.cpu_count() or 2)), include_dashboard=False,
-             object_store_memory=768 * 1024 * 1024, _node_ip_address="127.0.0.1",
-             logging_level=logging.WARNING, log_to_driver=False, runtime_env=runtime_env)
+    context = ray.init(address="local", num_cpus=num_cpus or max(8, 2 * (os.cpu_count() or 2)),
+                       include_dashboard=True, dashboard_host="127.0.0.1", object_store_memory=768 * 1024 * 1024,
+                       _node_ip_address="127.0.0.1", logging_level=logging.WARNING, log_to_driver=False,
+                       runtime_env=LOCAL_RUNTIME_ENV)
+    if context.dashboard_url:
+        print(f"embedded Ray, dashboard at http://{context.dashboard_url}", file=sys.stderr, flush=True)
     quiet_ray_data()
+
+
+def address_this_cluster() -> None:
+    """Worker setup hook of the embedded Ray: Ray's state API, called inside its workers, queries this Ray.
+
+    Unset, the state API looks for "the" cluster in /tmp/ray/ray_current_cluster, the last `ray start`
+    head on the machine. Ray Train's placement group cleaner asks it whether the run's controller is
+    alive: a dead head there (its GCS never answers) made every run's shutdown wait ~12 s for the
+    cleaner, and a live other cluster answered "no such actor", so the cleaner quit before the run's
+    placement group was registered and guarded nothing. The state API is served by the dashboard,
+    hence include_dashboard=True.
+    """
+    import ray
+
+    os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
 
 
 def pin_data_helpers_here() -> None:
