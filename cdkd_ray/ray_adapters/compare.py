@@ -21,7 +21,7 @@ from cdkd_ray.core.storage import Location, absolute_uri, pyarrow_filesystem, re
 from cdkd_ray.core.study import (
     SEED_KEYS, StudyConfig, run_name, study_changes, study_identity, variant_config, variant_overrides,
 )
-from cdkd_ray.ray_adapters.tune_outcome import refuse_unfinished
+from cdkd_ray.ray_adapters.tune_outcome import fit_or_refuse
 from cdkd_ray.core.study_report import (
     build_report, markdown_report, plot_ap_per_epoch, plot_paired_differences, runs_in_study_order, variant_costs,
 )
@@ -116,8 +116,7 @@ def run_compare(study: StudyConfig, data_uri: str, storage_uri: str, name: str, 
 
     study_dir, base = prepare_study(study, data_uri, storage_uri, name, teacher, resume, s3_endpoint)
     ensure_ray(ray_address)
-    results = _tuner(study, study_dir, s3_endpoint).fit()
-    refuse_unfinished(results, len(study.variants) * len(study.seeds), f"study '{name}'")
+    results = fit_or_refuse(_tuner(study, study_dir, s3_endpoint), f"study '{name}'")
     failed = [r for r in results if r.error is not None]
     if failed:
         which = ", ".join(run_name(r.config["variant"], r.config["seed"]) for r in failed)

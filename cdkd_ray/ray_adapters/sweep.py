@@ -18,7 +18,7 @@ from cdkd_ray.core.storage import Location, absolute_uri, pyarrow_filesystem, re
 from cdkd_ray.core.errors import CdkdError
 from cdkd_ray.core.experiment import ExperimentConfig, distill_kind
 from cdkd_ray.ray_adapters.sweep_config import SweepConfig, tune_space
-from cdkd_ray.ray_adapters.tune_outcome import refuse_unfinished
+from cdkd_ray.ray_adapters.tune_outcome import fit_or_refuse
 
 TRAIN_RUNS = "train_runs"
 
@@ -103,8 +103,7 @@ def run_sweep(sweep: SweepConfig, data_uri: str, storage_uri: str, name: str, te
     else:
         tuner = _new_tuner(trainable, sweep, experiment, base, name, storage.path if storage.is_remote else storage.uri,
                            fs)
-    results = tuner.fit()
-    refuse_unfinished(results, sweep.trial_count(), f"sweep '{name}'")
+    results = fit_or_refuse(tuner, f"sweep '{name}'")
     return write_sweep_outputs(results, sweep, sweep_dir, experiment)
 
 

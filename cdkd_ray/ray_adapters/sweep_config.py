@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -50,11 +49,6 @@ class SweepConfig:
                 raise ConfigError(f"{where}.search.{key}.{kind}: expected [low, high]")
         if self.search_alg == "grid" and any(next(iter(s)) != "grid" for s in self.search.values()):
             raise ConfigError(f"{where}: search_alg=grid needs every search entry to be a grid: [...] list")
-
-    def trial_count(self) -> int:
-        """Trials a finished sweep holds: every grid point, times num_samples draws unless search_alg is grid."""
-        grid_points = math.prod(len(spec["grid"]) for spec in self.search.values() if "grid" in spec)
-        return grid_points * (1 if self.search_alg == "grid" else self.num_samples)
 
 
 def tune_space(search: dict[str, Any]) -> dict[str, Any]:

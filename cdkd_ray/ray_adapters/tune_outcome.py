@@ -1,23 +1,34 @@
-"""What a Tune grid's fit() came back with: all of it finished, or stopped early (Ctrl-C, a stop request)."""
+"""How a Tune grid's fit() came back: every trial ended, or Ctrl-C stopped it (then nothing is reported)."""
 
 from __future__ import annotations
+
+import signal
+import threading
 
 from cdkd_ray.core.errors import InterruptedRun
 
 
-def finished_trials(results) -> int:
-    """Trials that ended on their own, were stopped by the scheduler, or failed.
+def fit_or_refuse(tuner, what: str):
+    """tuner.fit()'s results, or InterruptedRun when Ctrl-C (SIGINT, or Tune's SIGUSR1) ended it early.
 
-    Not `num_terminated`: when fit() is interrupted, Tune stops the running trials on its way out and marks
-    them TERMINATED too. Only a trial that returned or that a scheduler/stopper ended carries `done`.
+    Tune catches the first Ctrl-C, stops the running trials (marking them TERMINATED like finished ones)
+    and returns. Whether that happened is told by its handler, not by the trials: a trial that finished
+    before the interrupt comes back from a resume without `done`. Tune puts back the SIGINT handler it
+    found when it takes the signal, so a sentinel installed here is back in place only after one.
     """
-    return sum(1 for r in results if r.error is not None or (r.metrics or {}).get("done"))
+    if threading.current_thread() is not threading.main_thread():
+        return tuner.fit()  # Tune catches no signals off the main thread
 
+    def _sentinel(signum, frame):
+        raise KeyboardInterrupt
 
-def refuse_unfinished(results, expected: int, what: str) -> None:
-    """Tune returns from fit() when stopped: then no outputs are written and the state stays resumable."""
-    finished = finished_trials(results)
-    if finished < expected:
-        raise InterruptedRun(f"{what} stopped before it ended ({finished} of {expected} runs finished); "
-                             "its state is saved: run the same command with --resume to continue it. "
-                             "No report or outputs were written.")
+    previous = signal.signal(signal.SIGINT, _sentinel)
+    try:
+        results = tuner.fit()
+        interrupted = signal.getsignal(signal.SIGINT) is _sentinel
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if interrupted:
+        raise InterruptedRun(f"{what} was interrupted before it ended; its state is saved: run the same command "
+                             "with --resume to continue it. No report or outputs were written.")
+    return results
