@@ -1,14 +1,18 @@
-"""What the embedded Ray's state-API fix saves per Ray Train run, side by side in one run.
+"""What the embedded Ray's fixes save per Ray Train run, side by side in one run.
 
     python bench/train_run_overhead.py [--runs 2] [--rounds 2] [--json]
 
 Each side is a fresh Python process with its own embedded Ray, whose Ray temp dir holds the record of a
-`ray start` head that has gone (as /tmp/ray/ray_current_cluster does after one). "before" starts Ray as
-cdkd-ray did until 2026-12-03 (no dashboard, no setup hook); "after" with `ensure_ray`. Each process
-trains --runs tiny 1-worker, 1-epoch baseline runs back to back; the sides alternate --rounds times.
-Printed: seconds per run (the first of a process apart: it pays the cold start), the wait at each run's
-end between the worker group's shutdown and the placement group cleaner's exit (from the controller log),
-and the ratio after/before.
+`ray start` head that has gone (as /tmp/ray/ray_current_cluster does after one). The sides, each the
+one before plus one fix:
+- "2026-12-02": Ray started as cdkd-ray did until 2026-12-03 (no dashboard, no setup hook), a lone
+  worker's training set split through a split coordinator, Ray Train's preemption watcher on;
+- "state-api": with `ensure_ray` (the state API of the workers points at this Ray);
+- "now": a lone worker reads its training set unsplit, no preemption watcher on the embedded Ray.
+Each process trains --runs tiny 1-worker, 1-epoch baseline runs back to back; the sides alternate
+--rounds times. Printed: seconds per run (the first of a process apart: it pays the cold start), the
+wait at each run's end between the worker group's shutdown and the placement group cleaner's exit
+(from the controller log), and each side's ratio to the first.
 """
 
 from __future__ import annotations
@@ -35,8 +39,13 @@ from cdkd_ray.core.experiment import ExperimentConfig, RunKind
 from cdkd_ray.ray_adapters.runtime import DATA_ENV, ensure_ray, quiet_ray_data
 from cdkd_ray.ray_adapters.train_driver import run_training
 
+import ray.train
+from cdkd_ray.ray_adapters import runtime, train_driver
 side, shards, storage, runs = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-if side == "after":
+if side != "now":  # as before: a split for one worker too, and the preemption watcher
+    train_driver.data_config = lambda workers: ray.train.DataConfig(datasets_to_split=["train"])
+    runtime.LOCAL_RUNTIME_ENV["env_vars"].pop("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER")
+if side != "2026-12-02":
     ensure_ray()
 else:
     ray.init(address="local", num_cpus=8, include_dashboard=False, object_store_memory=768 * 1024 ** 2,
@@ -97,7 +106,7 @@ def main() -> None:
     work = tempfile.mkdtemp(prefix="cdkd-overhead-bench-")
     shards = shard_coco_dir(make_synthetic(os.path.join(work, "synth"), 24, 12, seed=3), os.path.join(work, "shards"),
                             rows_per_file=10)
-    sides: dict[str, list[dict]] = {"before": [], "after": []}
+    sides: dict[str, list[dict]] = {"2026-12-02": [], "state-api": [], "now": []}
     for r in range(args.rounds):
         for side in sides:
             sides[side].append(run_side(side, shards, os.path.join(work, f"runs-{side}-{r}"), args.runs))
@@ -105,13 +114,16 @@ def main() -> None:
                       "later_runs_s": statistics.mean(s for p in procs for s in p["seconds"][1:]),
                       "shutdown_wait_s": statistics.mean(w for p in procs for w in p["shutdown_waits"])}
                for side, procs in sides.items()}
-    ratio = summary["after"]["later_runs_s"] / summary["before"]["later_runs_s"]
-    print("| side | first run of a process, s | later runs, s | wait at a run's end, s |\n| --- | --- | --- | --- |")
+    base = summary["2026-12-02"]
+    ratios = {side: {"first_run": s["first_run_s"] / base["first_run_s"], "later_runs": s["later_runs_s"] / base["later_runs_s"]}
+              for side, s in summary.items()}
+    print("| side | first run of a process, s | later runs, s | later runs vs 2026-12-02 | wait at a run's end, s |\n"
+          "| --- | --- | --- | --- | --- |")
     for side, s in summary.items():
-        print(f"| {side} | {s['first_run_s']:.1f} | {s['later_runs_s']:.1f} | {s['shutdown_wait_s']:.1f} |")
-    print(f"later runs, after/before: {ratio:.2f}x")
+        print(f"| {side} | {s['first_run_s']:.1f} | {s['later_runs_s']:.1f} | {ratios[side]['later_runs']:.2f}x "
+              f"| {s['shutdown_wait_s']:.1f} |")
     if args.json:
-        print(json.dumps({"sides": sides, "summary": summary, "later_runs_ratio": ratio}))
+        print(json.dumps({"sides": sides, "summary": summary, "ratios_to_2026_12_02": ratios}))
 
 
 if __name__ == "__main__":

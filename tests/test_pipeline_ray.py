@@ -136,6 +136,37 @@ def test_instances_are_shuffled_across_images_differently_each_epoch_and_repeata
     assert spread(shuffled[0]) > 2 * spread(plain[0])
 
 
+def _crops_per_epoch(iterator, cfg, epochs: int = 3, batches: int = 2) -> list[list[tuple]]:
+    """Per epoch, (image id, crop scale) of the first `batches` training batches, then the epoch is left early."""
+    from cdkd_ray.ray_adapters.pipeline import train_batches
+
+    seen = []
+    for epoch in range(epochs):
+        crops = []
+        for i, batch in enumerate(train_batches(iterator, cfg, epoch)):
+            if i == batches:
+                break  # as train.max_steps_per_epoch leaves an epoch
+            crops += [(int(a), round(float(s[0]), 3)) for a, s in zip(batch["image_id"], batch["scale"])]
+        seen.append(crops)
+    return seen
+
+
+@pytest.mark.timeout(300)
+def test_a_lone_workers_unsplit_stream_is_the_one_way_split_and_new_every_epoch(ray_session, synth_shards):
+    """A single Train worker reads the training set unsplit (no split coordinator): the same batches as a
+    split into one, and every epoch crops and orders anew even when the one before was left early."""
+    from cdkd_ray.core.config import load_config
+    from cdkd_ray.core.experiment import ExperimentConfig
+    from cdkd_ray.ray_adapters.train_driver import data_config
+
+    assert data_config(1)._datasets_to_split == [] and data_config(2)._datasets_to_split == ["train"]
+    cfg = load_config(ExperimentConfig, "tiny", ["train.batch_size=4"])
+    fresh = lambda: build_dataset(synth_shards, "train", cfg.data, shuffle_files=True)  # noqa: E731
+    unsplit = _crops_per_epoch(fresh().iterator(), cfg)
+    assert unsplit == _crops_per_epoch(fresh().streaming_split(1, equal=True)[0], cfg)
+    assert len({tuple(epoch) for epoch in unsplit}) == 3
+
+
 def test_decode_tasks_are_capped_at_the_cores_of_an_over_declared_local_ray(ray_session):
     import dataclasses
     import os

@@ -93,9 +93,12 @@ def test_distill_from_s3_shards_to_s3_storage_skips_and_counts_an_undecodable_im
 
     data = shard_coco_dir(str(synth_dir), f"{s3_bucket}/coco", rows_per_file=10)
     truncate_first_image(data, "train")
+    helpers_before = _actors_created("SplitCoordinator", "PreemptionWatcher")
     summary = run_training(tiny("train.epochs=1", "teacher.placement=worker", "train.max_steps_per_epoch=null",
-                                "data.verify_shards=false", "data.on_bad_image=skip"),
+                                "data.verify_shards=false", "data.on_bad_image=skip", "train.num_workers=1"),
                            RunKind.CDKD, data, f"{s3_bucket}/runs", "cdkd-s3", teacher_checkpoint=teacher_file)
+    # a lone worker streams its data itself, and the embedded Ray (one node, never drained) watches no preemption
+    assert _actors_created("SplitCoordinator", "PreemptionWatcher") == helpers_before
     assert summary["best_checkpoint"].startswith(f"{s3_bucket}/runs/cdkd-s3/checkpoint_epoch0000")
     run = resolve(f"{s3_bucket}/runs/cdkd-s3")
     assert {"metrics.jsonl", "curves.png", "summary.json", "tensorboard"} <= set(run.listdir_names())
@@ -104,6 +107,14 @@ def test_distill_from_s3_shards_to_s3_storage_skips_and_counts_an_undecodable_im
     metrics = [json.loads(line) for line in run.join("metrics.jsonl").read_bytes().decode().splitlines()]
     assert metrics[-1]["bad_images_skipped"] == 1
     assert _wait_for_no_process("ray::BadImageCounter"), "the run's bad-image counter outlived the run"
+
+
+def _actors_created(*class_names: str) -> dict[str, int]:
+    """How many actors of each class this Ray has created so far, alive or dead."""
+    from ray.util.state import list_actors
+
+    return {name: len(list_actors(filters=[("class_name", "=", name)], limit=10_000, raise_on_missing_output=False))
+            for name in class_names}
 
 
 def _wait_for_no_process(text: str, timeout: float = 15.0) -> bool:

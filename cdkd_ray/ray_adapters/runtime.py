@@ -11,8 +11,12 @@ import sys
 # and 32 per dataset exhausts memory on small nodes.
 DATA_ENV = {"RAY_DATA_PARQUET_FOOTER_NUM_ACTORS": "1"}
 _STREAM_WORKER_LOGS = {"enabled": True}
+# Ray Train watches for nodes being drained (spot preemption) with an actor per run; the embedded Ray
+# is one node that is never drained, so the watcher would only cost a process per run.
+LOCAL_TRAIN_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 # The embedded Ray's job-wide runtime env: the data env, and the hook that points Ray's state API at it.
-LOCAL_RUNTIME_ENV = {"env_vars": DATA_ENV, "worker_process_setup_hook": f"{__name__}.address_this_cluster"}
+LOCAL_RUNTIME_ENV = {"env_vars": {**DATA_ENV, **LOCAL_TRAIN_ENV},
+                     "worker_process_setup_hook": f"{__name__}.address_this_cluster"}
 
 
 def stream_worker_logs(enabled: bool) -> None:

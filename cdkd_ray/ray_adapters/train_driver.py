@@ -132,9 +132,20 @@ def _fit(cfg: ExperimentConfig, kind: RunKind, loop_config: dict, storage: Locat
             resources_per_worker={"CPU": cfg.train.cpus_per_worker, **({"GPU": 1} if cfg.train.use_gpu else {})}),
         run_config=_run_config(cfg, name, storage, callbacks),
         datasets=datasets,
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+        dataset_config=data_config(cfg.train.num_workers),
     )
     return _fit_watched(trainer, name, cfg.train.resource_wait_s)
+
+
+def data_config(num_workers: int):
+    """The training set split across the workers; a lone worker reads it whole.
+
+    A split runs the dataset in a split-coordinator actor of its own, which a single worker does not
+    need: unsplit, its data executes in the worker's process and the run starts one process fewer.
+    """
+    import ray.train
+
+    return ray.train.DataConfig(datasets_to_split=["train"] if num_workers > 1 else [])
 
 
 def _place_teacher(cfg: ExperimentConfig, kind: RunKind) -> ExperimentConfig:
