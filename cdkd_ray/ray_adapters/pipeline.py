@@ -146,16 +146,22 @@ def shuffle_seed(seed: int | None, epoch: int, rank: int) -> int | None:
 
 
 def train_batches(source, cfg: ExperimentConfig, epoch: int, rank: int = 0):
-    """An epoch of training batches from a Dataset or a worker's DataIterator.
+    """An epoch of training batches (torch tensors, on the CPU) from a Dataset or a worker's DataIterator.
 
     Instances are drawn from a local shuffle buffer of `data.shuffle_buffer` instances across images and
     blocks (as a DataLoader with shuffle=True draws them), reseeded every epoch. Files are shuffled too,
-    reseeded by Ray every execution.
+    reseeded by Ray every execution. The buffer is the core's numpy one: Ray's own (`iter_torch_batches`
+    with `local_shuffle_buffer_size`) gathers rows with Arrow and took ~2x the consumer's CPU
+    per sample (bench/shuffle_buffer.py).
     """
-    buffer = cfg.data.shuffle_buffer
-    shuffle = {"local_shuffle_buffer_size": buffer, "local_shuffle_seed": shuffle_seed(cfg.data.seed, epoch, rank)} \
-        if buffer else {}
-    return source.iter_torch_batches(batch_size=cfg.train.batch_size, drop_last=True, **shuffle)
+    import torch
+
+    from cdkd_ray.core.shuffle_buffer import shuffled_batches
+
+    size, buffer = cfg.train.batch_size, cfg.data.shuffle_buffer
+    chunks = source.iter_batches(batch_size=max(buffer, size), batch_format="numpy")
+    for batch in shuffled_batches(chunks, size, buffer, shuffle_seed(cfg.data.seed, epoch, rank)):
+        yield {key: torch.from_numpy(column) for key, column in batch.items()}
 
 
 class TeacherStage:

@@ -1,0 +1,107 @@
+"""What the training stream's shuffle buffer costs the consuming process: Ray's against the core's, side by side.
+
+    python bench/shuffle_buffer.py [--images 1200] [--rows-per-file 300] [--passes 2] [--rounds 3] [--json]
+
+Three consumers of the same stream of person instances, batch 16, alternating --rounds times in one
+embedded Ray, each over a materialised dataset (the consumer alone) and over the streaming data path:
+- "Ray's buffer": `iter_torch_batches(local_shuffle_buffer_size=512)`, as cdkd-ray did until 2026-12-03;
+- "core buffer": `train_batches`, the core's numpy buffer of 512 instances (`shuffled_batches`);
+- "no buffer": `iter_torch_batches` without one (files shuffled only), the floor.
+Printed: samples/s, and the CPU-seconds this process spent per 1,000 samples (all its threads: Ray
+Data's iterator threads, its streaming executor, the buffer). Ratios are against Ray's buffer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from torchrun_vs_ray import BASE, experiment  # noqa: E402
+
+
+def consumers(cfg) -> dict:
+    from cdkd_ray.ray_adapters.pipeline import shuffle_seed, train_batches
+
+    size, buffer = cfg.train.batch_size, cfg.data.shuffle_buffer
+    return {
+        "Ray's buffer": lambda ds, epoch: ds.iter_torch_batches(
+            batch_size=size, drop_last=True, local_shuffle_buffer_size=buffer,
+            local_shuffle_seed=shuffle_seed(cfg.data.seed, epoch, 0)),
+        "core buffer": lambda ds, epoch: train_batches(ds, cfg, epoch),
+        "no buffer": lambda ds, epoch: ds.iter_torch_batches(batch_size=size, drop_last=True),
+    }
+
+
+def consume(batches) -> dict:
+    """samples/s and this process's CPU-seconds per 1,000 samples over one stream."""
+    wall, cpu, n = time.perf_counter(), time.process_time(), 0
+    for batch in batches:
+        n += len(batch["image"])
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    return {"samples_per_s": n / wall, "cpu_s_per_1000": 1000 * cpu / max(n, 1), "samples": n}
+
+
+def measure(shards: str, passes: int, rounds: int) -> dict[str, dict[str, list[dict]]]:
+    from cdkd_ray.core.config import load_config
+    from cdkd_ray.core.experiment import ExperimentConfig
+    from cdkd_ray.ray_adapters.pipeline import build_dataset
+
+    cfg = experiment(1, 1)
+    cfg = dataclasses.replace(cfg, data=load_config(ExperimentConfig, "synth-cpu", BASE).data)
+    stream = lambda: build_dataset(shards, "train", cfg.data, shuffle_files=True, passes=passes)  # noqa: E731
+    materialised = stream().materialize()
+    sides = consumers(cfg)
+    results: dict[str, dict[str, list[dict]]] = {"materialised": {s: [] for s in sides}, "streaming": {s: [] for s in sides}}
+    for epoch in range(rounds):
+        for side, make in sides.items():
+            consume(make(materialised, epoch))  # warm: blocks local, threads started
+            results["materialised"][side].append(consume(make(materialised, epoch + 1)))
+            ds = stream()
+            consume(make(ds, epoch))  # warm data workers
+            results["streaming"][side].append(consume(make(ds, epoch + 1)))
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=1200)
+    parser.add_argument("--rows-per-file", type=int, default=300)
+    parser.add_argument("--passes", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    if min(args.images, args.rows_per_file, args.passes, args.rounds) < 1:
+        parser.error("--images, --rows-per-file, --passes and --rounds must be >= 1")
+    import ray
+
+    from cdkd_ray.apps.recipes import make_synthetic, shard_coco_dir
+    from cdkd_ray.ray_adapters.runtime import ensure_ray
+
+    work = tempfile.mkdtemp(prefix="cdkd-shuffle-bench-")
+    shards = shard_coco_dir(make_synthetic(os.path.join(work, "synth"), args.images, 8, seed=0),
+                            os.path.join(work, "shards"), rows_per_file=args.rows_per_file)
+    ensure_ray()
+    results = measure(shards, args.passes, args.rounds)
+    ray.shutdown()
+    mean = {path: {side: {k: statistics.mean(r[k] for r in runs) for k in ("samples_per_s", "cpu_s_per_1000")}
+                   for side, runs in sides.items()} for path, sides in results.items()}
+    print("| path | consumer | samples/s | vs Ray's buffer | CPU-s per 1,000 samples | vs Ray's buffer |\n"
+          "| --- | --- | --- | --- | --- | --- |")
+    for path, sides in mean.items():
+        ray_side = sides["Ray's buffer"]
+        for side, m in sides.items():
+            print(f"| {path} | {side} | {m['samples_per_s']:.1f} | {m['samples_per_s'] / ray_side['samples_per_s']:.2f}x "
+                  f"| {m['cpu_s_per_1000']:.3f} | {m['cpu_s_per_1000'] / ray_side['cpu_s_per_1000']:.2f}x |")
+    if args.json:
+        print(json.dumps({"runs": results, "mean": mean}))
+
+
+if __name__ == "__main__":
+    main()
