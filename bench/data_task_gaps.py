@@ -12,16 +12,15 @@ machine's CPUs were (/proc/stat) while the stream ran.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _streams import stream_arguments, synthetic_shards  # noqa: E402
 from torchrun_vs_ray import BASE, CORES, experiment, single_process_rate, tasks_running, timed_stream  # noqa: E402
 
 TASK = "_instances_udf"
@@ -118,23 +117,12 @@ def one_stream(shards: str, passes: int, wait_s: float | None) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=1200)
-    parser.add_argument("--rows-per-file", type=int, default=300, help="images per part (one task per part)")
-    parser.add_argument("--passes", type=int, default=3)
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args()
-    if min(args.images, args.rows_per_file, args.passes, args.rounds) < 1:
-        parser.error("--images, --rows-per-file, --passes and --rounds must be >= 1")
+    args = stream_arguments(__doc__, passes=3, rounds=2)
     import ray
 
-    from cdkd_ray.apps.recipes import make_synthetic, shard_coco_dir
     from cdkd_ray.ray_adapters.runtime import ensure_ray
 
-    work = tempfile.mkdtemp(prefix="cdkd-gaps-bench-")
-    shards = shard_coco_dir(make_synthetic(os.path.join(work, "synth"), args.images, 8, seed=0),
-                            os.path.join(work, "shards"), rows_per_file=args.rows_per_file)
+    shards = synthetic_shards(args.images, args.rows_per_file, "cdkd-gaps-bench-")
     one_core = single_process_rate(shards, 1)["steady"]
     ensure_ray()
     sides: dict[str, list[dict]] = {side: [] for side in WAITS}

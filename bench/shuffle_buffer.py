@@ -13,16 +13,15 @@ Data's iterator threads, its streaming executor, the buffer). Ratios are against
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _streams import stream_arguments, synthetic_shards  # noqa: E402
 from torchrun_vs_ray import BASE, experiment  # noqa: E402
 
 
@@ -70,23 +69,12 @@ def measure(shards: str, passes: int, rounds: int) -> dict[str, dict[str, list[d
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=1200)
-    parser.add_argument("--rows-per-file", type=int, default=300)
-    parser.add_argument("--passes", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args()
-    if min(args.images, args.rows_per_file, args.passes, args.rounds) < 1:
-        parser.error("--images, --rows-per-file, --passes and --rounds must be >= 1")
+    args = stream_arguments(__doc__, passes=2, rounds=3)
     import ray
 
-    from cdkd_ray.apps.recipes import make_synthetic, shard_coco_dir
     from cdkd_ray.ray_adapters.runtime import ensure_ray
 
-    work = tempfile.mkdtemp(prefix="cdkd-shuffle-bench-")
-    shards = shard_coco_dir(make_synthetic(os.path.join(work, "synth"), args.images, 8, seed=0),
-                            os.path.join(work, "shards"), rows_per_file=args.rows_per_file)
+    shards = synthetic_shards(args.images, args.rows_per_file, "cdkd-shuffle-bench-")
     ensure_ray()
     results = measure(shards, args.passes, args.rounds)
     ray.shutdown()

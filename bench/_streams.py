@@ -1,0 +1,30 @@
+"""What the data-path benchmarks share: their command line and their synthetic shards."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+
+
+def stream_arguments(doc: str, passes: int, rounds: int) -> argparse.Namespace:
+    """--images, --rows-per-file, --passes, --rounds and --json, checked."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=1200)
+    parser.add_argument("--rows-per-file", type=int, default=300, help="images per part (one task per part)")
+    parser.add_argument("--passes", type=int, default=passes, help="reads of the parts per stream")
+    parser.add_argument("--rounds", type=int, default=rounds, help="times the sides alternate")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    if min(args.images, args.rows_per_file, args.passes, args.rounds) < 1:
+        parser.error("--images, --rows-per-file, --passes and --rounds must be >= 1")
+    return args
+
+
+def synthetic_shards(images: int, rows_per_file: int, prefix: str) -> str:
+    """A new synthetic set of `images` images, sharded `rows_per_file` to a part, in a temp folder."""
+    from cdkd_ray.apps.recipes import make_synthetic, shard_coco_dir
+
+    work = tempfile.mkdtemp(prefix=prefix)
+    return shard_coco_dir(make_synthetic(os.path.join(work, "synth"), images, 8, seed=0),
+                          os.path.join(work, "shards"), rows_per_file=rows_per_file)
