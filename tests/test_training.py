@@ -111,10 +111,12 @@ def test_distill_from_s3_shards_to_s3_storage_skips_and_counts_an_undecodable_im
 
 def _actors_created(*class_names: str) -> dict[str, int]:
     """How many actors of each class this Ray has created so far, alive or dead."""
+    import ray
     from ray.util.state import list_actors
 
-    return {name: len(list_actors(filters=[("class_name", "=", name)], limit=10_000, raise_on_missing_output=False))
-            for name in class_names}
+    here = ray.get_runtime_context().gcs_address  # not "the" cluster on record in /tmp/ray: another test's, gone
+    return {name: len(list_actors(address=here, filters=[("class_name", "=", name)], limit=10_000,
+                                  raise_on_missing_output=False)) for name in class_names}
 
 
 def _wait_for_no_process(text: str, timeout: float = 15.0) -> bool:

@@ -26,6 +26,7 @@ from cdkd_ray.core.codec import heatmaps_to_keypoints
 from cdkd_ray.core.models.inference import normalize_images, predict_heatmaps
 from cdkd_ray.core.models.pose_resnet import PoseResNet
 from cdkd_ray.core.selection import SCORE_KEY, selection_score
+from cdkd_ray.core.shuffle_buffer import shuffled_batches
 from cdkd_ray.core.teacher import Teacher
 
 TRAINER_STATE_VERSION = 1
@@ -225,16 +226,9 @@ def trainer_state(session: TrainingSession, metrics: dict, teacher_checkpoint: s
             "config": to_dict(session.cfg), "teacher": teacher_checkpoint}
 
 
-def torch_batches(batches: Iterable[dict[str, np.ndarray]], batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
-    """Re-batch numpy instance dicts (e.g. from build_instances) into full torch batches of `batch_size`."""
-    pending: dict[str, list] = {}
-    count = 0
-    for part in batches:
-        for key, value in part.items():
-            pending.setdefault(key, []).append(value)
-        count += len(part["image"])
-        while count >= batch_size:
-            merged = {k: np.concatenate(v) for k, v in pending.items()}
-            yield {k: torch.from_numpy(np.ascontiguousarray(v[:batch_size])) for k, v in merged.items()}
-            pending = {k: [v[batch_size:]] for k, v in merged.items()}
-            count -= batch_size
+def torch_batches(batches: Iterable[dict[str, np.ndarray]], batch_size: int, buffer: int = 0,
+                  seed: int | None = None) -> Iterator[dict[str, torch.Tensor]]:
+    """Re-batch numpy instance dicts (e.g. from build_instances) into full torch batches of `batch_size`,
+    drawn at random from a shuffle buffer of `buffer` instances if `buffer` > 0 (see shuffled_batches)."""
+    for batch in shuffled_batches(batches, batch_size, buffer, seed):
+        yield {key: torch.from_numpy(column) for key, column in batch.items()}

@@ -154,14 +154,11 @@ def train_batches(source, cfg: ExperimentConfig, epoch: int, rank: int = 0):
     with `local_shuffle_buffer_size`) gathers rows with Arrow and took ~2x the consumer's CPU
     per sample (bench/shuffle_buffer.py).
     """
-    import torch
-
-    from cdkd_ray.core.shuffle_buffer import shuffled_batches
+    from cdkd_ray.core.training import torch_batches  # torch, here only: the decode tasks import this module
 
     size, buffer = cfg.train.batch_size, cfg.data.shuffle_buffer
     chunks = source.iter_batches(batch_size=max(buffer, size), batch_format="numpy")
-    for batch in shuffled_batches(chunks, size, buffer, shuffle_seed(cfg.data.seed, epoch, rank)):
-        yield {key: torch.from_numpy(column) for key, column in batch.items()}
+    return torch_batches(chunks, size, buffer, shuffle_seed(cfg.data.seed, epoch, rank))
 
 
 class TeacherStage:
