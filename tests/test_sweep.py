@@ -142,3 +142,27 @@ def test_a_sweep_name_in_use_is_refused_before_ray_starts(synth_shards, teacher_
         run_sweep(sweep_config(), synth_shards, str(tmp_path), "s1", teacher_file)
     with pytest.raises(CdkdError, match="nothing to resume"):
         run_sweep(sweep_config(), synth_shards, str(tmp_path), "s3", teacher_file, resume=True)
+
+
+def test_a_trial_resumed_from_its_own_checkpoint_counts_the_epochs_it_trained_before_the_interrupt():
+    """Tune's training_iteration restarts at 1 when a trial resumes from its Train run's checkpoint (Tune
+    holds no checkpoint of its own); CI once saw every resumed trial listed as stopped early because the
+    table (and ASHA's rungs) counted it. The count now comes from the run's own epochs."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from cdkd_ray.ray_adapters.sweep import trial_rows
+
+    def report(epoch, iteration, ap):  # what close_epoch reports, plus Tune's iteration counter
+        return {"epoch": epoch, "epochs_done": epoch + 1, "training_iteration": iteration, "AP": ap,
+                "score": ap, "trial_id": f"t{ap}"}
+
+    resumed = [report(0, 1, 0.5), report(1, 1, 0.2), report(2, 2, 0.3)]  # interrupted after epoch 0
+    stopped = [report(0, 1, 0.1)]
+    results = [SimpleNamespace(metrics=rows[-1], metrics_dataframe=pd.DataFrame(rows), config={"p": p})
+               for rows, p in ((resumed, 0.2), (stopped, 0.4))]
+    first, second = trial_rows(results, ["p"], epochs=3)
+    assert (first["p"], first["epochs"], first["stopped_early"]) == (0.2, 3, False)
+    assert (first["AP"], first["best_epoch"]) == (0.5, 0)  # its best epoch came before the interrupt
+    assert (second["epochs"], second["stopped_early"]) == (1, True)

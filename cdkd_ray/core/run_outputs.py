@@ -6,6 +6,7 @@ import json
 import os
 import tempfile
 
+from cdkd_ray.core.selection import EPOCHS_KEY
 from cdkd_ray.core.storage import Location
 
 CURVE_KEYS = (("loss", "total"), ("loss_gt", "GT heatmaps"), ("loss_gt_zeros", "GT, all-zero heatmaps"),
@@ -27,7 +28,7 @@ def write_tensorboard(history: list[dict], run_dir: Location) -> str:
         writer = SummaryWriter(tmp)
         for h in history:
             for key, value in h.items():
-                if isinstance(value, (int, float)) and key not in ("epoch",):
+                if isinstance(value, (int, float)) and key not in ("epoch", EPOCHS_KEY):
                     writer.add_scalar(key, value, h["epoch"])
         writer.close()
         target = run_dir.join("tensorboard")

@@ -11,6 +11,8 @@ from __future__ import annotations
 from typing import Iterable, TypeVar
 
 SCORE_KEY = "score"  # the metric name Ray Train and Tune rank by
+EPOCHS_KEY = "epochs_done"  # epochs a run has trained, counted from its first epoch: unlike Tune's
+# training_iteration it does not restart at 1 when a trial resumes from its own checkpoint
 TIE_BREAK = 1e-3
 T = TypeVar("T")
 

@@ -25,7 +25,7 @@ from cdkd_ray.core.losses import CDKDLoss, DistillStudent, heatmap_mse
 from cdkd_ray.core.codec import heatmaps_to_keypoints
 from cdkd_ray.core.models.inference import normalize_images, predict_heatmaps
 from cdkd_ray.core.models.pose_resnet import PoseResNet
-from cdkd_ray.core.selection import SCORE_KEY, selection_score
+from cdkd_ray.core.selection import EPOCHS_KEY, SCORE_KEY, selection_score
 from cdkd_ray.core.shuffle_buffer import shuffled_batches
 from cdkd_ray.core.teacher import Teacher
 
@@ -212,7 +212,9 @@ def evaluate(model: torch.nn.Module, cfg: ExperimentConfig, batches: Iterable[di
 
 
 def close_epoch(session: TrainingSession, metrics: dict) -> dict:
-    """Carry AP forward on epochs without evaluation, add the selection score, append to the history."""
+    """Carry AP forward on epochs without evaluation, add the selection score and the epochs trained so far,
+    append to the history."""
+    metrics[EPOCHS_KEY] = metrics["epoch"] + 1
     metrics.setdefault("AP", session.history[-1].get("AP", 0.0) if session.history else 0.0)
     metrics[SCORE_KEY] = selection_score(metrics)
     session.history.append(dict(metrics))

@@ -13,7 +13,7 @@ import yaml
 from cdkd_ray.core.config import apply_overrides, from_dict, load_config, read_yaml_mapping, to_dict
 from cdkd_ray.core.checkpoint import CHECKPOINT_PREFIX, EXPORT_POINTER, STATE_FILE
 from cdkd_ray.core.names import check_name
-from cdkd_ray.core.selection import SCORE_KEY, best_by_score, selection_score
+from cdkd_ray.core.selection import EPOCHS_KEY, SCORE_KEY, best_by_score, selection_score
 from cdkd_ray.core.storage import Location, absolute_uri, pyarrow_filesystem, resolve
 from cdkd_ray.core.errors import CdkdError
 from cdkd_ray.core.experiment import ExperimentConfig, distill_kind
@@ -72,7 +72,7 @@ def _new_tuner(trainable, sweep: SweepConfig, experiment: ExperimentConfig, base
 
     scheduler = None
     if sweep.asha.enabled:
-        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=experiment.train.epochs,
+        scheduler = ASHAScheduler(time_attr=EPOCHS_KEY, max_t=experiment.train.epochs,
                                   grace_period=sweep.asha.grace_period, reduction_factor=sweep.asha.reduction_factor)
     return tune.Tuner(
         trainable, param_space={**tune_space(sweep.search), "__base": base},
@@ -124,11 +124,11 @@ def trial_rows(results, keys: list[str], epochs: int) -> list[dict]:
         m, df = result.metrics, result.metrics_dataframe
         epochs_seen = df.to_dict("records") if df is not None and SCORE_KEY in df else [m]
         best = best_by_score(epochs_seen)
+        trained = int(max(r.get(EPOCHS_KEY, 0) for r in epochs_seen + [m]))
         rows.append({"trial": m.get("trial_id", ""), **{k: result.config.get(k) for k in keys},
                      "AP": float(best.get("AP", 0.0)), SCORE_KEY: selection_score(best),
                      "best_epoch": int(best.get("epoch", 0)), "final_AP": m.get("AP", 0.0),
-                     "epochs": m.get("training_iteration", 0),
-                     "stopped_early": m.get("training_iteration", 0) < epochs,
+                     "epochs": trained, "stopped_early": trained < epochs,
                      "node": m.get("node_id", ""), "last_checkpoint": m.get("checkpoint_path", "")})
     rows.sort(key=lambda r: -r[SCORE_KEY])
     return rows
