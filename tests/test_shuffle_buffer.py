@@ -48,3 +48,24 @@ def test_bad_sizes_are_refused():
         list(shuffled_batches(chunks([4]), batch_size=0, buffer=4))
     with pytest.raises(ValueError, match="buffer"):
         list(shuffled_batches(chunks([4]), batch_size=2, buffer=-1))
+
+
+def test_the_first_batch_waits_for_two_batches_of_rows_not_for_the_whole_buffer():
+    """Behind a slow producer (a teacher pool) a pool that must fill to `buffer` before its first batch
+    serialises producer and trainer: the bench's 240-instance epoch waited for all of them. The pool
+    fills as rows come instead, and still mixes across chunks once full."""
+    pulled = []
+
+    def counted(sizes):
+        for chunk in chunks(sizes):
+            pulled.append(len(chunk["id"]))
+            yield chunk
+
+    stream = shuffled_batches(counted([8] * 64), batch_size=8, buffer=128, seed=0)
+    first = next(stream)
+    assert sum(pulled) == 16 and len(first["id"]) == 8
+    rest = ids_of(stream)
+    late = rest[-8:]  # once the pool holds 128 rows, a batch draws from ~16 chunks of 8
+    assert np.mean([len({i // 8 for i in b}) for b in late]) > 5
+    drawn = first["id"].tolist() + [i for b in rest for i in b]
+    assert sorted(drawn) == list(range(512))

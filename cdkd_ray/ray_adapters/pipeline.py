@@ -152,12 +152,14 @@ def train_batches(source, cfg: ExperimentConfig, epoch: int, rank: int = 0):
     blocks (as a DataLoader with shuffle=True draws them), reseeded every epoch. Files are shuffled too,
     reseeded by Ray every execution. The buffer is the core's numpy one: Ray's own (`iter_torch_batches`
     with `local_shuffle_buffer_size`) gathers rows with Arrow and took ~2x the consumer's CPU
-    per sample (bench/shuffle_buffer.py).
+    per sample (bench/shuffle_buffer.py). Like that one it fills as blocks come, so the first batch
+    waits for two batches of instances, not for the whole buffer: behind a teacher pool, a wait for 512
+    instances made an epoch of 240 run its teacher and then its training one after the other.
     """
     from cdkd_ray.core.training import torch_batches  # torch, here only: the decode tasks import this module
 
     size, buffer = cfg.train.batch_size, cfg.data.shuffle_buffer
-    chunks = source.iter_batches(batch_size=max(buffer, size), batch_format="numpy")
+    chunks = source.iter_batches(batch_size=None, batch_format="numpy")  # blocks as they come: no wait to fill
     return torch_batches(chunks, size, buffer, shuffle_seed(cfg.data.seed, epoch, rank))
 
 
