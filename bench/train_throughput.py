@@ -5,9 +5,10 @@
 1. The core's training step in one process (no Ray) on in-memory batches (measured before and after the Ray
    runs; the faster is the reference) vs Ray Train with 1 and 2 workers
    (same global batch), all baseline ResNet-18 at 128x96 on the same synthetic shards.
-2. CDKD step cost vs baseline step cost: teacher (ResNet-50) in the worker, and as a Ray Data actor
-   pool, against the FLOP-based expectation (student fwd+bwd ~ 3x fwd; teacher fwd 1x; align); the pool's
-   also timed from each epoch's first batch, since Ray Data starts its actor pool anew every epoch.
+2. CDKD step cost vs baseline step cost: teacher (ResNet-50) in the worker, as the run's persistent
+   teacher actors (the default pool) and as Ray Data's actor pool (teacher.persistent=false, started anew
+   every epoch), against the FLOP-based expectation (student fwd+bwd ~ 3x fwd; teacher fwd 1x; align);
+   the pool's also timed from each epoch's first batch.
 """
 
 from __future__ import annotations
@@ -126,6 +127,8 @@ def main() -> None:
     base = one
     worker_epoch = ray_train_epoch(shards, storage, "kd-worker", [*single, "teacher.placement=worker"], teacher)
     pool_epoch = ray_train_epoch(shards, storage, "kd-pool", [*single, "teacher.placement=pool"], teacher)
+    ray_data_epoch = ray_train_epoch(shards, storage, "kd-pool-ray-data", [*single, "teacher.placement=pool",
+                                                                         "teacher.persistent=false"], teacher)
     in_worker, pool = worker_epoch["images_per_s"], pool_epoch["images_per_s"]
     pool_sizes = {b: ray_train_rate(shards, storage, f"kd-pool-b{b}", [*single, "teacher.placement=pool",
                                                                         f"teacher.batch_size={b}"], teacher)
@@ -149,7 +152,8 @@ def main() -> None:
               "flop_expected_step_cost": expected, "pool_over_in_worker": in_worker / pool,
               "cdkd_teacher_pool_batch": {**{b: r for b, r in pool_sizes.items()}, cfg.teacher.batch_size: pool},
               "cdkd_teacher_pool_2_threads": pool_2cpu, **payload,
-              "in_worker_epoch": worker_epoch, "pool_epoch": pool_epoch,
+              "in_worker_epoch": worker_epoch, "pool_epoch": pool_epoch, "ray_data_pool_epoch": ray_data_epoch,
+              "ray_data_pool_over_in_worker": in_worker / ray_data_epoch["images_per_s"],
               "pool_over_in_worker_after_first_batch":
                   worker_epoch["after_first_batch_images_per_s"] / pool_epoch["after_first_batch_images_per_s"]}
     print(f"core training step, no Ray, in memory     {plain:7.1f} img/s   (before the Ray runs {plain_before:.1f}, "
@@ -157,7 +161,10 @@ def main() -> None:
     print(f"Ray Train, 1 worker (batch {GLOBAL_BATCH})            {one:7.1f} img/s   {one / plain:.2f}x plain")
     print(f"Ray Train, 2 workers (batch {GLOBAL_BATCH // 2} each)       {two:7.1f} img/s   {two / plain:.2f}x plain")
     print(f"CDKD, teacher in worker                   {in_worker:7.1f} img/s   step cost {base / in_worker:.2f}x baseline")
-    print(f"CDKD, teacher as actor pool               {pool:7.1f} img/s   step cost {base / pool:.2f}x baseline")
+    print(f"CDKD, persistent teacher actors           {pool:7.1f} img/s   step cost {base / pool:.2f}x baseline")
+    rd = ray_data_epoch["images_per_s"]
+    print(f"CDKD, Ray Data's actor pool (per epoch)   {rd:7.1f} img/s   step cost {base / rd:.2f}x baseline, "
+          f"{in_worker / rd:.2f}x in-worker (first batch after {ray_data_epoch['first_batch_s']:.1f} s)")
     print(f"FLOP-based expectation (teacher serial)   step cost {expected:.2f}x baseline")
     print(f"pool step cost / in-worker step cost      {in_worker / pool:.2f}x")
     print(f"  the same, timed from each epoch's first batch {result['pool_over_in_worker_after_first_batch']:.2f}x "

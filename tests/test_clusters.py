@@ -166,6 +166,23 @@ def test_preflight_accepts_the_paper_preset_and_refuses_the_old_pool_shape(clust
     assert "CANNOT RUN: teacher pool actor" in old.stdout and "teacher.placement=worker" in old.stdout
 
 
+def test_a_persistent_teacher_pool_asks_for_pool_max_actors_and_ray_datas_pool_for_pool_min():
+    from cdkd_ray.core.config import load_config
+    from cdkd_ray.core.experiment import ExperimentConfig, RunKind, resolve_teacher_placement
+    from cdkd_ray.core.preflight import training_bundles
+
+    def pool_bundle(*overrides):
+        cfg = load_config(ExperimentConfig, "coco-r18-256x192", ["teacher.placement=pool", *overrides])
+        return next(b for b in training_bundles(cfg, RunKind.CDKD) if "teacher" in b.what)
+
+    persistent, ray_data = pool_bundle(), pool_bundle("teacher.persistent=false")
+    assert (persistent.count, ray_data.count) == (4, 1)  # pool_max: 4, pool_min: 1 in the preset
+    assert "pool_max" in persistent.what and "pool_min" in ray_data.what
+    auto = load_config(ExperimentConfig, "coco-r18-256x192", ["teacher.placement=auto"])
+    assert resolve_teacher_placement(auto, 5)[0] == "worker"  # 4 workers' GPUs + 0.5 spare: no room for 4 x 0.5
+    assert resolve_teacher_placement(auto, 6)[0] == "pool"
+
+
 def test_preflight_of_a_sweep_and_of_serving():
     from tests.helpers import last_json, run_cli
 

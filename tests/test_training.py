@@ -60,12 +60,16 @@ def test_distill_with_pool_survives_a_killed_worker_then_resumes_with_outputs(ra
     storage, pid_dir, killed = tmp_path / "runs", tmp_path / "pids", {}
     pid_dir.mkdir()
     thread = _kill_rank1_mid_epoch_1(storage / "cdkd-a", pid_dir, killed)
+    teachers_before = _actors_created("TeacherStage")["TeacherStage"]
     first = run_training(tiny("teacher.placement=pool", "train.max_steps_per_epoch=6"), RunKind.CDKD, synth_shards,
                          str(storage), "cdkd-a", teacher_checkpoint=teacher_file, pid_dir=str(pid_dir))
     thread.join(timeout=5)
     assert killed, "the worker was never killed"
     assert int((pid_dir / "rank1.pid").read_text()) != killed["pid"]  # a new worker took over
     assert first["epochs"] == 2 and first["kind"] == "cdkd" and first["teacher_placement"] == "pool"
+    # the persistent teacher actor (pool_max=1) served both epochs and the restarted worker group, then went
+    assert _actors_created("TeacherStage")["TeacherStage"] - teachers_before == 1
+    assert _wait_for_no_process("ray::TeacherStage"), "the run's teacher actor outlived the run"
     rows = history(first["run_dir"])
     assert [r["epoch"] for r in rows] == [0, 1]  # nothing lost, nothing repeated
     for r in rows:
@@ -84,6 +88,33 @@ def test_distill_with_pool_survives_a_killed_worker_then_resumes_with_outputs(ra
     assert resumed[:2] == rows  # restored history, nothing re-run
     assert rows[0]["data_digest"] != rows[1]["data_digest"]  # each epoch is augmented and shuffled afresh
     # (that a baseline sees the same batches as CDKD for the same seed is checked by the compare study's test)
+
+
+def test_persistent_teachers_label_a_block_in_order_across_actors_as_one_teacher_would(ray_session, teacher_file):
+    """A block split into teacher batches over two actors comes back whole and in order, as from one teacher."""
+    import numpy as np
+    import ray
+
+    from cdkd_ray.ray_adapters.pipeline import TeacherStage
+    from cdkd_ray.ray_adapters.teacher_servers import label_block, start_teacher_servers, stop_teacher_servers
+
+    cfg = tiny("teacher.placement=pool", "teacher.pool_max=2", "teacher.batch_size=4")
+    rng = np.random.default_rng(0)
+    block = {"image": rng.integers(0, 256, (10, 3, 128, 96), dtype=np.uint8),
+             "target": np.zeros((10, 17, 32, 24), np.float32), "image_id": np.arange(10)}
+    servers = start_teacher_servers(cfg, teacher_file)
+    try:
+        labelled = ray.get(ray.remote(label_block).remote(block, servers.actors, servers.ready, 4, 60.0))
+        empty = ray.get(ray.remote(label_block).remote({k: v[:0] for k, v in block.items()}, servers.actors,
+                                                       servers.ready, 4, 60.0))
+    finally:
+        stop_teacher_servers(servers)
+    alone = TeacherStage(teacher_file, cfg.distill.teacher_tap, num_threads=1)(dict(block))
+    assert set(labelled) == set(alone) and list(labelled["image_id"]) == list(range(10))
+    np.testing.assert_allclose(labelled["teacher_heatmaps"].astype(np.float32),
+                               alone["teacher_heatmaps"].astype(np.float32), atol=2e-3)
+    assert labelled["teacher_features"].shape == alone["teacher_features"].shape
+    assert len(empty["teacher_heatmaps"]) == 0
 
 
 def test_distill_from_s3_shards_to_s3_storage_skips_and_counts_an_undecodable_image(ray_session, synth_dir, s3_bucket,

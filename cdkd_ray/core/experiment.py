@@ -30,12 +30,17 @@ class TeacherConfig:
     arch: Arch = "resnet50"  # what train-teacher trains
     checkpoint: Optional[str] = None  # our checkpoint/export dir or an external SimpleBaseline/mmpose file
     placement: Literal["auto", "pool", "worker"] = "auto"  # auto: see resolve_teacher_placement
-    pool_min: int = 1
+    pool_min: int = 1  # Ray Data's pool (persistent: false) scales between these; a persistent one has pool_max
     pool_max: int = 2
+    persistent: bool = True  # pool actors kept for the whole run, not started anew every epoch by Ray Data
     num_cpus: float = 1.0
     num_gpus: float = 0.0
     batch_size: int = 32
     channel_order: Optional[Literal["RGB", "BGR"]] = None  # override the checkpoint's
+
+    def pool_actors_at_start(self) -> tuple[int, str]:
+        """(actors, the key that sets it): a persistent pool starts pool_max, Ray Data's pool_min."""
+        return (self.pool_max, "pool_max") if self.persistent else (self.pool_min, "pool_min")
 
     def validate(self, where: str = "teacher") -> None:
         if not 1 <= self.pool_min <= self.pool_max:
@@ -105,7 +110,7 @@ def resolve_teacher_placement(cfg: ExperimentConfig, cluster_gpus: float) -> tup
     if t.placement != "auto":
         return t.placement, f"teacher.placement={t.placement} in the config"
     spare = cluster_gpus - (train.num_workers if train.use_gpu else 0)
-    if t.num_gpus > 0 and spare >= t.num_gpus * t.pool_min:
+    if t.num_gpus > 0 and spare >= t.num_gpus * t.pool_actors_at_start()[0]:
         return "pool", (f"a GPU teacher pool: the cluster has {cluster_gpus:g} GPUs, the workers take "
                         f"{cluster_gpus - spare:g}, each pool actor gets teacher.num_gpus={t.num_gpus:g}")
     if cluster_gpus > 0:

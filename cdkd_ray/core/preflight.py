@@ -49,7 +49,8 @@ class ClusterShape:
 # ---------------------------------------------------------------- what a job asks for
 
 def training_bundles(cfg: ExperimentConfig, kind: RunKind, label: str = "") -> list[Bundle]:
-    """Train workers, the teacher pool's minimum (CDKD with placement=pool) and one Ray Data task."""
+    """Train workers, the teacher pool (CDKD with placement=pool: pool_max actors if persistent, else pool_min)
+    and one Ray Data task."""
     cfg = experiment_for(kind, cfg)
     t = cfg.train
     worker = {"CPU": t.cpus_per_worker, **({"GPU": 1.0} if t.use_gpu else {})}
@@ -58,10 +59,11 @@ def training_bundles(cfg: ExperimentConfig, kind: RunKind, label: str = "") -> l
                       + ("GPUs" if t.use_gpu else "CPUs"))]
     if kind.distills and cfg.teacher.placement == "pool":
         teacher = {"CPU": cfg.teacher.num_cpus, **({"GPU": cfg.teacher.num_gpus} if cfg.teacher.num_gpus else {})}
-        bundles.append(Bundle(f"{label}teacher pool actor (pool_min)", teacher, cfg.teacher.pool_min,
+        count, which = cfg.teacher.pool_actors_at_start()
+        bundles.append(Bundle(f"{label}teacher pool actor ({which})", teacher, count,
                               "lower teacher.num_gpus to 0 (the teacher on CPU), or set teacher.placement=worker (the "
                               "teacher on each train worker's GPU), or add a GPU (raise a GPU group's max)"
-                              if cfg.teacher.num_gpus else "lower teacher.num_cpus or teacher.pool_min, or add CPUs"))
+                              if cfg.teacher.num_gpus else f"lower teacher.num_cpus or teacher.{which}, or add CPUs"))
     bundles.append(Bundle(f"{label}Ray Data task", {"CPU": cfg.data.num_cpus_per_task}, 1,
                           "lower data.num_cpus_per_task or add a CPU group"))
     return bundles

@@ -20,7 +20,8 @@ IDENTITY_FILE = "run_identity.json"
 # What may change when a run is resumed: how long it trains and how it is checkpointed and supervised.
 RESUMABLE_KEYS = ("train.epochs", "train.val_every", "train.keep_checkpoints", "train.max_failures",
                   "train.torch_threads", "train.num_workers", "train.cpus_per_worker", "teacher.placement",
-                  "teacher.pool_min", "teacher.pool_max", "teacher.num_cpus", "teacher.num_gpus", "data.num_cpus_per_task")
+                  "teacher.pool_min", "teacher.pool_max", "teacher.persistent", "teacher.num_cpus", "teacher.num_gpus",
+                  "data.num_cpus_per_task")
 
 
 class RunConflict(CdkdError):

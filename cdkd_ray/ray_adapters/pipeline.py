@@ -164,7 +164,8 @@ def train_batches(source, cfg: ExperimentConfig, epoch: int, rank: int = 0):
 
 
 class TeacherStage:
-    """Ray Data actor-pool stage: adds `teacher_heatmaps` and `teacher_features` to each batch."""
+    """Adds `teacher_heatmaps` and `teacher_features` to each batch: a Ray Data actor-pool stage, or a
+    run's persistent teacher actor (teacher_servers)."""
 
     def __init__(self, checkpoint: str, tap: str = "layer4", num_threads: int | None = None,
                  channel_order: str | None = None):
@@ -176,6 +177,13 @@ class TeacherStage:
             torch.set_num_threads(num_threads)
         device = "cuda" if torch.cuda.is_available() else "cpu"
         self.teacher = Teacher(checkpoint, tap, device, channel_order)
+
+    def ready(self) -> bool:
+        """Resolves once the teacher is loaded (a persistent actor's first answer)."""
+        return True
+
+    def label(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self(batch)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if len(batch["image"]) == 0:
@@ -191,7 +199,8 @@ class TeacherStage:
 
 
 def with_teacher_pool(train_ds, cfg: ExperimentConfig, teacher_checkpoint: str):
-    """Attach the frozen teacher as a Ray Data actor-pool stage (fp16 heatmaps and features)."""
+    """Attach the frozen teacher as a Ray Data actor-pool stage (fp16 heatmaps and features), scaled
+    between pool_min and pool_max and started anew every epoch (teacher.persistent=false)."""
     import ray.data
 
     t = cfg.teacher

@@ -16,6 +16,8 @@ from cdkd_ray.core.run_outputs import write_run_outputs
 from cdkd_ray.core.selection import SCORE_KEY
 from cdkd_ray.core.shards import verified_manifests
 from cdkd_ray.core.storage import Location, absolute_uri, pyarrow_filesystem, resolve
+from cdkd_ray.ray_adapters.teacher_servers import (TeacherServers, start_teacher_servers, stop_teacher_servers,
+                                                   with_teacher_servers)
 
 
 def _teacher_shape(kind: RunKind, teacher_checkpoint: str | None) -> tuple[str | None, int]:
@@ -32,7 +34,7 @@ def _teacher_shape(kind: RunKind, teacher_checkpoint: str | None) -> tuple[str |
 
 
 def _datasets(cfg: ExperimentConfig, kind: RunKind, data_uri: str, teacher_checkpoint: str | None,
-              s3_endpoint: str | None, bad_images) -> dict:
+              s3_endpoint: str | None, bad_images, teachers: TeacherServers | None) -> dict:
     import ray.data
 
     from cdkd_ray.ray_adapters.pipeline import build_dataset, with_teacher_pool
@@ -42,7 +44,9 @@ def _datasets(cfg: ExperimentConfig, kind: RunKind, data_uri: str, teacher_check
     ctx.enable_progress_bars = False
     train = build_dataset(data_uri, "train", cfg.data, s3_endpoint=s3_endpoint, shuffle_files=True,
                           bad_images=bad_images)
-    if kind.distills and cfg.teacher.placement == "pool":
+    if teachers:
+        train = with_teacher_servers(train, cfg, teachers)
+    elif kind.distills and cfg.teacher.placement == "pool":
         train = with_teacher_pool(train, cfg, teacher_checkpoint)
     return {"train": train, "val": build_dataset(data_uri, "val", cfg.data, s3_endpoint=s3_endpoint,
                                                  bad_images=bad_images)}
@@ -107,9 +111,13 @@ def run_training(cfg: ExperimentConfig, kind: RunKind, data_uri: str, storage_ur
     loop_config = {"experiment": to_dict(cfg), "kind": kind.value, "data_uri": data_uri, "s3_endpoint": s3_endpoint,
                    "teacher_checkpoint": teacher_checkpoint, "teacher_arch": teacher_arch,
                    "teacher_deconv": teacher_deconv, "pid_dir": pid_dir, "bad_images": new_bad_image_counter()}
+    teachers = None
+    if kind.distills and cfg.teacher.placement == "pool" and cfg.teacher.persistent:
+        teachers = start_teacher_servers(cfg, teacher_checkpoint)  # not awaited: they start beside the workers
     try:
-        result = _fit(cfg, kind, loop_config, storage, name, callbacks)
-    finally:  # the counter lives for one run: a kept actor holds a process (~600 MB here) until Ray shuts down
+        result = _fit(cfg, kind, loop_config, storage, name, callbacks, teachers)
+    finally:  # the counter and teachers live for one run: a kept actor holds a process until Ray shuts down
+        stop_teacher_servers(teachers)
         with contextlib.suppress(Exception):  # cleanup must not hide the run's own error
             ray.kill(loop_config["bad_images"])
     if result.error:
@@ -117,13 +125,14 @@ def run_training(cfg: ExperimentConfig, kind: RunKind, data_uri: str, storage_ur
     return summarize_run(result, storage.join(name), cfg, kind, name, write_outputs)
 
 
-def _fit(cfg: ExperimentConfig, kind: RunKind, loop_config: dict, storage: Location, name: str, callbacks):
+def _fit(cfg: ExperimentConfig, kind: RunKind, loop_config: dict, storage: Location, name: str, callbacks,
+         teachers: TeacherServers | None):
     """TorchTrainer.fit() of one run, with its datasets, under the resource watch."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
     datasets = _datasets(cfg, kind, loop_config["data_uri"], loop_config["teacher_checkpoint"],
-                         loop_config["s3_endpoint"], loop_config["bad_images"])
+                         loop_config["s3_endpoint"], loop_config["bad_images"], teachers)
     trainer = TorchTrainer(
         _train_fn,
         train_loop_config=loop_config,
