@@ -124,12 +124,16 @@ def test_distill_from_s3_shards_to_s3_storage_skips_and_counts_an_undecodable_im
 
     data = shard_coco_dir(str(synth_dir), f"{s3_bucket}/coco", rows_per_file=10)
     truncate_first_image(data, "train")
-    helpers_before = _actors_created("SplitCoordinator", "PreemptionWatcher")
-    summary = run_training(tiny("train.epochs=1", "teacher.placement=worker", "train.max_steps_per_epoch=null",
+    helpers_before = _actors_created("SplitCoordinator", "PreemptionWatcher", "TeacherStage")
+    # the teacher as Ray Data's own actor-pool stage (the persistent pool is the killed-worker test's)
+    summary = run_training(tiny("train.epochs=1", "teacher.placement=pool", "teacher.persistent=false",
+                                "train.max_steps_per_epoch=null",
                                 "data.verify_shards=false", "data.on_bad_image=skip", "train.num_workers=1"),
                            RunKind.CDKD, data, f"{s3_bucket}/runs", "cdkd-s3", teacher_checkpoint=teacher_file)
-    # a lone worker streams its data itself, and the embedded Ray (one node, never drained) watches no preemption
-    assert _actors_created("SplitCoordinator", "PreemptionWatcher") == helpers_before
+    # a lone worker streams its data itself, and the embedded Ray (one node, never drained) watches no preemption;
+    # Ray Data's pool runs the teacher in its own map workers, not in persistent TeacherStage actors
+    assert _actors_created("SplitCoordinator", "PreemptionWatcher", "TeacherStage") == helpers_before
+    assert summary["teacher_placement"] == "pool"
     assert summary["best_checkpoint"].startswith(f"{s3_bucket}/runs/cdkd-s3/checkpoint_epoch0000")
     run = resolve(f"{s3_bucket}/runs/cdkd-s3")
     assert {"metrics.jsonl", "curves.png", "summary.json", "tensorboard"} <= set(run.listdir_names())
