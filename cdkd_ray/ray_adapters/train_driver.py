@@ -114,6 +114,8 @@ def run_training(cfg: ExperimentConfig, kind: RunKind, data_uri: str, storage_ur
     teachers = None
     if kind.distills and cfg.teacher.placement == "pool" and cfg.teacher.persistent:
         teachers = start_teacher_servers(cfg, teacher_checkpoint)  # not awaited: they start beside the workers
+        print(f"teacher pool: {len(teachers.actors)} persistent actor(s) (teacher.pool_max), kept for the whole run",
+              file=sys.stderr, flush=True)
     try:
         result = _fit(cfg, kind, loop_config, storage, name, callbacks, teachers)
     finally:  # the counter and teachers live for one run: a kept actor holds a process until Ray shuts down
