@@ -53,18 +53,25 @@ def plain_loop(shards: str, cfg: ExperimentConfig, steps: int) -> float:
     return steps * GLOBAL_BATCH / (time.perf_counter() - start)
 
 
-def ray_train_epoch(shards: str, storage: str, name: str, overrides: list[str], teacher: str | None = None) -> dict:
-    """Epoch 2 of a 2-epoch run (the run's start-up excluded): img/s, and img/s once the first batch came."""
+def ray_train_epochs(shards: str, storage: str, name: str, overrides: list[str], teacher: str | None = None,
+                     epochs: int = 2) -> list[dict]:
+    """Each epoch of a tiny run: img/s, the wait for its first batch, and img/s once that batch came."""
     from cdkd_ray.ray_adapters.train_driver import run_training
 
-    cfg = load_config(ExperimentConfig, "tiny", ["train.epochs=2", "train.max_steps_per_epoch=1000",
+    cfg = load_config(ExperimentConfig, "tiny", [f"train.epochs={epochs}", "train.max_steps_per_epoch=1000",
                                                  "train.val_every=100", *overrides])
     run_training(cfg, distill_kind(cfg), shards, storage, name, teacher_checkpoint=teacher, write_outputs=False)
     with open(os.path.join(storage, name, _latest(storage, name), "trainer_state.json")) as f:
-        epoch = json.load(f)["history"][-1]
-    seconds, first = epoch["epoch_seconds"], epoch["first_batch_seconds"]
-    return {"images_per_s": epoch["images_per_s"], "first_batch_s": first, "steps": epoch["steps"],
-            "after_first_batch_images_per_s": epoch["images_per_s"] * seconds / max(seconds - first, 1e-9)}
+        history = json.load(f)["history"]
+    return [{"images_per_s": e["images_per_s"], "first_batch_s": e["first_batch_seconds"], "steps": e["steps"],
+             "epoch_s": e["epoch_seconds"], "after_first_batch_images_per_s":
+                 e["images_per_s"] * e["epoch_seconds"] / max(e["epoch_seconds"] - e["first_batch_seconds"], 1e-9)}
+            for e in history]
+
+
+def ray_train_epoch(shards: str, storage: str, name: str, overrides: list[str], teacher: str | None = None) -> dict:
+    """Epoch 2 of a 2-epoch run (the run's start-up excluded)."""
+    return ray_train_epochs(shards, storage, name, overrides, teacher)[-1]
 
 
 def ray_train_rate(shards: str, storage: str, name: str, overrides: list[str], teacher: str | None = None) -> float:
