@@ -198,6 +198,12 @@ class TeacherStage:
         return batch
 
 
+def teacher_stage_kwargs(cfg: ExperimentConfig, teacher_checkpoint: str) -> dict:
+    """TeacherStage's constructor arguments for a run: one thread per CPU the pool's actors get."""
+    return {"checkpoint": teacher_checkpoint, "tap": cfg.distill.teacher_tap,
+            "num_threads": max(1, int(cfg.teacher.num_cpus)), "channel_order": cfg.teacher.channel_order}
+
+
 def with_teacher_pool(train_ds, cfg: ExperimentConfig, teacher_checkpoint: str):
     """Attach the frozen teacher as a Ray Data actor-pool stage (fp16 heatmaps and features), scaled
     between pool_min and pool_max and started anew every epoch (teacher.persistent=false)."""
@@ -206,8 +212,7 @@ def with_teacher_pool(train_ds, cfg: ExperimentConfig, teacher_checkpoint: str):
     t = cfg.teacher
     return train_ds.map_batches(
         TeacherStage,
-        fn_constructor_kwargs={"checkpoint": teacher_checkpoint, "tap": cfg.distill.teacher_tap,
-                               "num_threads": max(1, int(t.num_cpus)), "channel_order": t.channel_order},
+        fn_constructor_kwargs=teacher_stage_kwargs(cfg, teacher_checkpoint),
         compute=ray.data.ActorPoolStrategy(min_size=t.pool_min, max_size=t.pool_max),
         batch_size=t.batch_size, batch_format="numpy", num_cpus=t.num_cpus, num_gpus=t.num_gpus or None,
     )

@@ -32,13 +32,13 @@ def start_teacher_servers(cfg: ExperimentConfig, teacher_checkpoint: str) -> Tea
     """`teacher.pool_max` teacher actors with the pool's resources; restarted (and their calls retried) if lost."""
     import ray
 
-    from cdkd_ray.ray_adapters.pipeline import TeacherStage
+    from cdkd_ray.ray_adapters.pipeline import TeacherStage, teacher_stage_kwargs
 
     t = cfg.teacher
     server = ray.remote(TeacherStage).options(
         num_cpus=t.num_cpus, num_gpus=t.num_gpus or None, max_restarts=3, max_task_retries=3)
-    actors = [server.remote(teacher_checkpoint, cfg.distill.teacher_tap, max(1, int(t.num_cpus)), t.channel_order)
-              for _ in range(t.pool_max)]
+    kwargs = teacher_stage_kwargs(cfg, teacher_checkpoint)
+    actors = [server.remote(**kwargs) for _ in range(t.pool_actors_at_start()[0])]
     return TeacherServers(actors, [a.ready.remote() for a in actors])
 
 
