@@ -117,6 +117,26 @@ def test_persistent_teachers_label_a_block_in_order_across_actors_as_one_teacher
     assert len(empty["teacher_heatmaps"]) == 0
 
 
+def test_teacher_actors_that_cannot_read_the_checkpoint_fail_the_block_with_a_readable_error(ray_session, tmp_path):
+    """A checkpoint the driver read but an actor's node cannot (a path only on the head) is named, not a raw actor death."""
+    import numpy as np
+    import ray
+
+    from cdkd_ray.core.errors import CdkdError
+    from cdkd_ray.ray_adapters.teacher_servers import label_block, start_teacher_servers, stop_teacher_servers
+
+    servers = start_teacher_servers(tiny("teacher.placement=pool"), str(tmp_path / "only-on-the-head.pth"))
+    block = {"image": np.zeros((2, 3, 128, 96), np.uint8), "target": np.zeros((2, 17, 32, 24), np.float32)}
+    try:
+        with pytest.raises(CdkdError, match=r"no teacher actor could load the teacher.*readable from every node"):
+            try:
+                ray.get(ray.remote(label_block).remote(block, servers.actors, servers.ready, 4, 60.0))
+            except ray.exceptions.RayTaskError as exc:
+                raise exc.as_instanceof_cause()
+    finally:
+        stop_teacher_servers(servers)
+
+
 def test_distill_from_s3_shards_to_s3_storage_skips_and_counts_an_undecodable_image(ray_session, synth_dir, s3_bucket,
                                                                                      teacher_file):
     from cdkd_ray.apps.recipes import shard_coco_dir

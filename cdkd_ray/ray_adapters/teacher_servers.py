@@ -50,17 +50,37 @@ def stop_teacher_servers(servers: TeacherServers | None) -> None:
             ray.kill(actor)
 
 
+def _loaded(actors: list, ready: list, done: list) -> tuple[list, list[str]]:
+    """Of the actors whose start has ended, those that loaded their teacher, and why the others did not."""
+    import ray
+
+    up, failures = [], []
+    for actor, ref in zip(actors, ready):
+        if ref in done:
+            try:
+                ray.get(ref)
+                up.append(actor)
+            except Exception as exc:  # the actor's constructor failed: its error says why
+                failures.append(str(exc).strip().splitlines()[-1])
+    return up, failures
+
+
 def _up(actors: list, ready: list, wait_s: float | None) -> list:
     """The actors that have loaded their teacher; waits for the first one when none has yet."""
     import ray
 
-    done, _ = ray.wait(ready, num_returns=len(ready), timeout=0)
-    if not done:
-        done, _ = ray.wait(ready, num_returns=1, timeout=wait_s)
-    if not done:
-        raise CdkdError(f"no teacher actor started within train.resource_wait_s={wait_s:g} s: the cluster has no "
-                        "room for one (teacher.num_cpus / teacher.num_gpus), or raise train.resource_wait_s")
-    return [actor for actor, ref in zip(actors, ready) if ref in done]
+    _, pending = ray.wait(ready, num_returns=len(ready), timeout=0)
+    while True:
+        up, failures = _loaded(actors, ready, [r for r in ready if r not in pending])
+        if up:
+            return up
+        if not pending:
+            raise CdkdError(f"no teacher actor could load the teacher (teacher.checkpoint must be readable "
+                            f"from every node): {failures[0]}")
+        done, pending = ray.wait(pending, num_returns=1, timeout=wait_s)
+        if not done:
+            raise CdkdError(f"no teacher actor started within train.resource_wait_s={wait_s:g} s: the cluster has "
+                            "no room for one (teacher.num_cpus / teacher.num_gpus), or raise train.resource_wait_s")
 
 
 def label_block(batch: dict[str, np.ndarray], actors: list, ready: list, batch_size: int,
