@@ -383,3 +383,51 @@ def test_the_embedded_rays_state_api_answers_for_itself_not_a_stale_cluster_reco
     finally:
         stop_processes_mentioning(temp)
         shutil.rmtree(temp, ignore_errors=True)
+
+
+_DRIVER_WITH_ACTORS = r"""
+import json, sys, ray
+ray.init(address=sys.argv[1], logging_level="ERROR")
+@ray.remote(num_cpus=0)
+class Echo:
+    def ping(self, i):
+        return i
+actors = [Echo.remote() for _ in range(3)]
+print(json.dumps(ray.get([a.ping.remote(i) for i, a in enumerate(actors)], timeout=60)))
+"""
+
+
+@pytest.mark.timeout(240)
+def test_a_driver_started_beside_the_embedded_ray_keeps_its_actors_on_a_local_cluster(ray_session, tmp_path):
+    """`ray.init()` put RAY_AUTH_MODE=token into the environment of the process that started the embedded
+    Ray, so a `cdkd-ray sweep --address` started from it came up in token mode. On `cluster up`'s
+    cluster (no auth) the driver's actors were then killed as they were created ("The actor never ran -
+    it was cancelled before it started running"): the autoscaled sweep failed so whenever the tests'
+    own Ray had started first. The head here has no auth, as `cluster up` starts it from a user's shell."""
+    assert os.environ.get("RAY_AUTH_MODE") is None  # the embedded Ray kept its choice to itself
+    port = _free_port()
+    temp = Path("/tmp") / f"cdkd-auth-{os.getpid()}"
+    start = subprocess.run(["ray", "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
+                            "--num-cpus=1", f"--temp-dir={temp}", "--include-dashboard=false",
+                            f"--dashboard-agent-listen-port={_free_port()}", "--disable-usage-stats"],
+                           capture_output=True, text=True, timeout=120,
+                           env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+    assert start.returncode == 0, start.stderr
+    try:
+        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # what run_cli's drivers inherit
+        driver = subprocess.run([sys.executable, "-c", _DRIVER_WITH_ACTORS, f"127.0.0.1:{port}"], env=env,
+                                capture_output=True, text=True, timeout=150)
+        assert driver.returncode == 0, driver.stderr[-3000:]
+        assert json.loads(driver.stdout.strip().splitlines()[-1]) == [0, 1, 2]
+    finally:
+        stop_processes_mentioning(str(temp))
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_a_local_cluster_takes_an_explicit_auth_mode_and_is_unauthenticated_otherwise(monkeypatch):
+    from cdkd_ray.ray_adapters.local_cluster import _driver_env
+
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    assert _driver_env()["RAY_AUTH_MODE"] == "disabled"
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")  # a user who turned token auth on: drivers will use it too
+    assert _driver_env()["RAY_AUTH_MODE"] == "token"

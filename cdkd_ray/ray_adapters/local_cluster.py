@@ -127,19 +127,21 @@ def cluster_up(config: str | None = None, port: int = 6379, dashboard_port: int 
     if running and _alive(running.pid):
         raise CdkdError(f"a local cluster is already running at {running.address} (head pid {running.pid}); "
                         "`cdkd-ray cluster down` stops it")
+    local_config = load_local_config(config, port)  # a wrong config is refused whatever the machine's ports
     for what, p in (("GCS", port), ("dashboard", dashboard_port)):
         if not _port_free(p):
             raise CdkdError(f"{HOST}:{p} ({what} port) is in use: another Ray head? pick one with "
                             f"--{'port' if what == 'GCS' else 'dashboard-port'}")
     effective = os.path.join(state_dir, "autoscale.yaml")
     with open(effective, "w") as f:
-        yaml.safe_dump(load_local_config(config, port), f, sort_keys=False)
+        yaml.safe_dump(local_config, f, sort_keys=False)
     log = os.path.join(state_dir, "head.log")
     cmd = [_ray_executable(), "start", "--head", "--block", f"--node-ip-address={HOST}", f"--port={port}",
            "--num-cpus=0", f"--autoscaling-config={effective}", f"--dashboard-host={HOST}",
            f"--dashboard-port={dashboard_port}", f"--dashboard-agent-listen-port={_any_free_port()}",
            "--object-store-memory=268435456", "--disable-usage-stats"]
-    # A throwaway single-user cluster: token auth off, so drivers connect with a plain --address.
+    # A throwaway single-user cluster: token auth off (unless RAY_AUTH_MODE says otherwise), so drivers
+    # from the same shell connect with a plain --address.
     env = {**_driver_env(), "RAY_FAKE_CLUSTER": "1"}
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -159,8 +161,13 @@ def cluster_up(config: str | None = None, port: int = 6379, dashboard_port: int 
 
 
 def _driver_env() -> dict:
+    """The environment of the cluster's processes: token auth off unless RAY_AUTH_MODE asks for it.
+
+    A driver follows RAY_AUTH_MODE too; one in token mode on a cluster without auth has its actors
+    killed (the cluster's RPCs to it carry no token), so the cluster keeps an explicit choice.
+    """
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env["RAY_AUTH_MODE"] = "disabled"
+    env.setdefault("RAY_AUTH_MODE", "disabled")
     return env
 
 

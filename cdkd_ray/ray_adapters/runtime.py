@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -42,13 +43,34 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         return
     # Always a new embedded Ray ("local"): never join another command's Ray found in /tmp/ray.
     # Logical CPUs are declared generously: Data, Train and Tune drivers then never deadlock.
-    context = ray.init(address="local", num_cpus=num_cpus or max(8, 2 * (os.cpu_count() or 2)),
-                       include_dashboard=True, dashboard_host="127.0.0.1", object_store_memory=768 * 1024 * 1024,
-                       _node_ip_address="127.0.0.1", logging_level=logging.WARNING, log_to_driver=False,
-                       runtime_env=LOCAL_RUNTIME_ENV)
+    with _auth_mode_kept_to_this_ray():
+        context = ray.init(address="local", num_cpus=num_cpus or max(8, 2 * (os.cpu_count() or 2)),
+                           include_dashboard=True, dashboard_host="127.0.0.1",
+                           object_store_memory=768 * 1024 * 1024, _node_ip_address="127.0.0.1",
+                           logging_level=logging.WARNING, log_to_driver=False, runtime_env=LOCAL_RUNTIME_ENV)
     if context.dashboard_url:
         print(f"embedded Ray, dashboard at http://{context.dashboard_url}", file=sys.stderr, flush=True)
     quiet_ray_data()
+
+
+@contextlib.contextmanager
+def _auth_mode_kept_to_this_ray():
+    """Ray's token auth for a new local Ray, without its RAY_AUTH_MODE=token in this process's environment.
+
+    `ray.init()` turns token auth on for the Ray it starts by setting RAY_AUTH_MODE=token in os.environ,
+    where every later child process inherits it. A child that then drives another cluster (a `cdkd-ray
+    sweep --address` on `cdkd-ray cluster up`'s cluster, which has no auth) came up in token mode, and
+    that cluster killed the actors it created: its RPCs to the driver carry no token. The embedded Ray's
+    own processes have started with the setting by then, and this process keeps it in its loaded config.
+    """
+    before = os.environ.get("RAY_AUTH_MODE")
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("RAY_AUTH_MODE", None)
+        else:
+            os.environ["RAY_AUTH_MODE"] = before
 
 
 def address_this_cluster() -> None:
