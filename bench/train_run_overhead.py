@@ -1,6 +1,6 @@
 """What the embedded Ray's fixes save per Ray Train run, side by side in one run.
 
-    python bench/train_run_overhead.py [--runs 2] [--rounds 2] [--json]
+    python bench/train_run_overhead.py [--runs 2] [--rounds 2] [--sides unsplit,now] [--json]
 
 Each side is a fresh Python process with its own embedded Ray, whose Ray temp dir holds the record of a
 `ray start` head that has gone (as /tmp/ray/ray_current_cluster does after one). The sides, each the
@@ -8,11 +8,13 @@ one before plus one fix:
 - "2026-12-02": Ray started as cdkd-ray did until 2026-12-03 (no dashboard, no setup hook), a lone
   worker's training set split through a split coordinator, Ray Train's preemption watcher on;
 - "state-api": with `ensure_ray` (the state API of the workers points at this Ray);
-- "now": a lone worker reads its training set unsplit, no preemption watcher on the embedded Ray.
+- "unsplit": a lone worker reads its training set unsplit, no preemption watcher on the embedded Ray;
+- "now": the controller polls its workers every 0.5 s, not every 2 s.
 Each process trains --runs tiny 1-worker, 1-epoch baseline runs back to back; the sides alternate
 --rounds times. Printed: seconds per run (the first of a process apart: it pays the cold start), the
 wait at each run's end between the worker group's shutdown and the placement group cleaner's exit
-(from the controller log), and each side's ratio to the first.
+(from the controller log), the wait between a run's last report and its controller seeing the workers
+done (from the worker and controller logs), and each side's ratio to the first. `--sides` picks sides.
 """
 
 from __future__ import annotations
@@ -42,7 +44,9 @@ from cdkd_ray.ray_adapters.train_driver import run_training
 import ray.train
 from cdkd_ray.ray_adapters import runtime, train_driver
 side, shards, storage, runs = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-if side != "now":  # as before: a split for one worker too, and the preemption watcher
+if side != "now":  # as before: the controller's poll every 2 s (Ray Train's default)
+    runtime.LOCAL_RUNTIME_ENV["env_vars"].pop("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S")
+if side not in ("now", "unsplit"):  # as before: a split for one worker too, and the preemption watcher
     train_driver.data_config = lambda workers: ray.train.DataConfig(datasets_to_split=["train"])
     runtime.LOCAL_RUNTIME_ENV["env_vars"].pop("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER")
 if side != "2026-12-02":
@@ -59,14 +63,21 @@ for i in range(runs):
     run_training(cfg, RunKind.BASELINE, shards, storage, f"{side}-{i}", write_outputs=False)
     seconds.append(time.perf_counter() - started)
 stamp = lambda d: datetime.strptime(d["asctime"], "%Y-%m-%d %H:%M:%S,%f").timestamp()
-waits = []
-for path in glob.glob(ray._private.worker.global_worker.node.get_logs_dir_path() + "/train/ray-train-sys-controller-*"):
+logs = ray._private.worker.global_worker.node.get_logs_dir_path() + "/train/"
+waits, downs, reports = [], [], []
+for path in glob.glob(logs + "ray-train-sys-controller-*"):
     lines = [json.loads(line) for line in open(path)]
     down = [stamp(d) for d in lines if d.get("message", "").startswith("Shutting down")]
-    last = stamp(lines[-1])
-    waits += [last - down[-1]] if down else []
-print("SIDE " + json.dumps({"seconds": seconds, "shutdown_waits": waits}))
+    waits += [stamp(lines[-1]) - down[-1]] if down else []
+    downs += down[-1:]
+for path in glob.glob(logs + "ray-train-app-worker-*"):
+    reports += [stamp(d) for d in map(json.loads, open(path)) if d.get("message", "").startswith("Reporting training result")]
+end_waits = [d - max(r for r in reports if r < d) for d in sorted(downs) if any(r < d for r in reports)]
+print("SIDE " + json.dumps({"seconds": seconds, "shutdown_waits": waits, "end_waits": end_waits}))
 """
+
+
+SIDES = ("2026-12-02", "state-api", "unsplit", "now")
 
 
 def _free_port() -> int:
@@ -97,33 +108,39 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=2, help="tiny runs per process (>= 2: the first is cold)")
     parser.add_argument("--rounds", type=int, default=2, help="alternating processes per side")
+    parser.add_argument("--sides", default=",".join(SIDES), help=f"comma-separated, of {', '.join(SIDES)}")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    chosen = [side.strip() for side in args.sides.split(",") if side.strip()]
     if args.runs < 2 or args.rounds < 1:
         parser.error("--runs must be >= 2 and --rounds >= 1")
+    if not chosen or any(side not in SIDES for side in chosen):
+        parser.error(f"--sides must name some of {', '.join(SIDES)}, not {args.sides!r}")
     from cdkd_ray.apps.recipes import make_synthetic, shard_coco_dir
 
     work = tempfile.mkdtemp(prefix="cdkd-overhead-bench-")
     shards = shard_coco_dir(make_synthetic(os.path.join(work, "synth"), 24, 12, seed=3), os.path.join(work, "shards"),
                             rows_per_file=10)
-    sides: dict[str, list[dict]] = {"2026-12-02": [], "state-api": [], "now": []}
+    sides: dict[str, list[dict]] = {side: [] for side in chosen}
     for r in range(args.rounds):
         for side in sides:
             sides[side].append(run_side(side, shards, os.path.join(work, f"runs-{side}-{r}"), args.runs))
     summary = {side: {"first_run_s": statistics.mean(p["seconds"][0] for p in procs),
                       "later_runs_s": statistics.mean(s for p in procs for s in p["seconds"][1:]),
-                      "shutdown_wait_s": statistics.mean(w for p in procs for w in p["shutdown_waits"])}
+                      "shutdown_wait_s": statistics.mean(w for p in procs for w in p["shutdown_waits"]),
+                      "end_wait_s": statistics.mean(w for p in procs for w in p["end_waits"])}
                for side, procs in sides.items()}
-    base = summary["2026-12-02"]
+    first = chosen[0]
+    base = summary[first]
     ratios = {side: {"first_run": s["first_run_s"] / base["first_run_s"], "later_runs": s["later_runs_s"] / base["later_runs_s"]}
               for side, s in summary.items()}
-    print("| side | first run of a process, s | later runs, s | later runs vs 2026-12-02 | wait at a run's end, s |\n"
-          "| --- | --- | --- | --- | --- |")
+    print(f"| side | first run of a process, s | later runs, s | later runs vs {first} | last report to workers seen "
+          "done, s | cleaner's wait at a run's end, s |\n| --- | --- | --- | --- | --- | --- |")
     for side, s in summary.items():
         print(f"| {side} | {s['first_run_s']:.1f} | {s['later_runs_s']:.1f} | {ratios[side]['later_runs']:.2f}x "
-              f"| {s['shutdown_wait_s']:.1f} |")
+              f"| {s['end_wait_s']:.2f} | {s['shutdown_wait_s']:.1f} |")
     if args.json:
-        print(json.dumps({"sides": sides, "summary": summary, "ratios_to_2026_12_02": ratios}))
+        print(json.dumps({"sides": sides, "summary": summary, "ratios_to_first": ratios}))
 
 
 if __name__ == "__main__":

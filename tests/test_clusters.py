@@ -360,6 +360,27 @@ print(json.dumps(ray.get(ask_state_api.remote(idle._actor_id.hex()))))
 """
 
 
+def test_the_embedded_rays_workers_run_train_controllers_with_its_settings(ray_session):
+    """Every worker of the embedded Ray (a Train controller is one) gets its data and Train settings, under the
+    names Ray reads them by: a controller that sees its workers done only every 2 s adds up to 2 s to each run."""
+    import ray
+    from ray.train.v2._internal import constants
+
+    from cdkd_ray.ray_adapters.runtime import DATA_ENV, LOCAL_TRAIN_ENV
+
+    @ray.remote(num_cpus=0)
+    def settings() -> dict:
+        return {"interval": float(os.getenv(constants.HEALTH_CHECK_INTERVAL_S_ENV_VAR,
+                                            constants.DEFAULT_HEALTH_CHECK_INTERVAL_S)),
+                "watcher": os.getenv(constants.ENABLE_PREEMPTION_WATCHER_ENV_VAR),
+                **{key: os.getenv(key) for key in DATA_ENV}}
+
+    seen = ray.get(settings.remote())
+    assert seen["interval"] == 0.5 < constants.DEFAULT_HEALTH_CHECK_INTERVAL_S
+    assert seen["watcher"] == LOCAL_TRAIN_ENV[constants.ENABLE_PREEMPTION_WATCHER_ENV_VAR] == "0"
+    assert all(seen[key] == value for key, value in DATA_ENV.items())
+
+
 @pytest.mark.timeout(240)
 def test_the_embedded_rays_state_api_answers_for_itself_not_a_stale_cluster_record():
     """Ray Train's placement group cleaner asks Ray's state API, in a worker, whether the run's controller
