@@ -1,3 +1,4 @@
+import warnings
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
@@ -60,7 +61,12 @@ def test_serve_autoscaling_window_is_configurable_and_checked():
     from cdkd_ray.ray_adapters.serve.app import ServeConfig, autoscaling_config
 
     cfg = from_dict(ServeConfig, apply_overrides({"model_uri": "export"}, ["look_back_period_s=5"]), "serve")
-    autoscaling = AutoscalingConfig(**autoscaling_config(cfg))  # what Serve itself accepts
+    with warnings.catch_warnings():  # Ray warns (and will refuse) a window not longer than the metrics' interval
+        warnings.simplefilter("error", FutureWarning)
+        autoscaling = AutoscalingConfig(**autoscaling_config(cfg))  # what Serve itself accepts
     assert autoscaling.look_back_period_s == 5.0 and autoscaling.downscale_delay_s == cfg.downscale_delay_s
+    assert autoscaling.metrics_interval_s == 2.5  # the load is pushed twice in each window, not every 10 s
+    default = autoscaling_config(from_dict(ServeConfig, {"model_uri": "export"}, "serve"))
+    assert "metrics_interval_s" not in default and AutoscalingConfig(**default).metrics_interval_s == 10.0
     with pytest.raises(ConfigError, match="look_back_period_s must be > 0"):
         from_dict(ServeConfig, apply_overrides({"model_uri": "export"}, ["look_back_period_s=0"]), "serve")

@@ -129,3 +129,16 @@ def test_every_quickstart_preset_is_a_valid_experiment_and_the_cli_offers_them()
         assert parse_args(["quickstart", "--preset", name]).preset == name
     default = load_config(ExperimentConfig, PRESETS[DEFAULT_PRESET].experiment)
     assert parse_args(["quickstart"]).preset == DEFAULT_PRESET and default.teacher.arch != default.model.arch
+
+
+def test_the_results_verdict_names_a_model_that_did_not_pass_the_all_zeros_loss():
+    """A CDKD row whose GT loss barely fell and ended above the all-zeros loss is not reported as learning."""
+    from cdkd_ray.apps.quickstart import learning_verdict
+
+    run = lambda first, last, vs_zeros: {"loss_gt_first": first, "loss_gt_last": last, "loss_gt_vs_zeros": vs_zeros}
+    results = {"teacher": run(0.00585, 0.00537, 0.852), "baseline": run(0.00583, 0.00546, 0.916),
+               "CDKD": run(0.006704, 0.006698, 1.123)}
+    verdict = learning_verdict(results)
+    assert verdict.startswith("GT loss fell for teacher, baseline, CDKD; CDKD did not end below the all-zeros loss")
+    assert "did not" not in learning_verdict({**results, "CDKD": run(0.0059, 0.0054, 0.900)})
+    assert learning_verdict({"baseline": run(0.0058, 0.0059, 1.01)}).startswith("no model's GT loss fell")

@@ -149,6 +149,19 @@ def _run_entry(run: dict) -> dict:
             "loss_gt_vs_zeros": run["loss_gt_vs_zeros"]}
 
 
+def learning_verdict(results: dict[str, dict]) -> str:
+    """Whose GT loss fell, and who did not end below the all-zeros loss."""
+    fell = [label for label, run in results.items() if run["loss_gt_last"] < run["loss_gt_first"]]
+    if not fell:
+        return "no model's GT loss fell: too few steps to learn (a smoke test of the chain; --preset small trains longer)"
+    above = [label for label, run in results.items() if not run["loss_gt_vs_zeros"] < 1]
+    verdict = f"GT loss fell for {', '.join(fell)}"
+    if above:
+        verdict += (f"; {', '.join(above)} did not end below the all-zeros loss (too few steps; a CDKD student also "
+                    "follows its teacher's heatmaps, which are poor while the teacher is young)")
+    return verdict
+
+
 def format_results_table(results: dict[str, dict], costs: dict[str, dict]) -> str:
     """What was trained, whether it learned (GT loss against predicting all-zero heatmaps) and its AP and cost.
 
@@ -165,11 +178,8 @@ def format_results_table(results: dict[str, dict], costs: dict[str, dict]) -> st
         lines.append(f"  {label:<10}{run['arch']:<10}{run['epochs']:>7}{losses:>30}{run['loss_gt_vs_zeros']:>11.3f}"
                      f"{run.get('val_loss_gt_last', float('nan')):>10.5f}{run['best_ap']:>9.4f}"
                      f"{cost['parameters']:>13,}{cost['flops'] / 1e9:>8.3f}")
-    learned = [label for label, run in results.items() if run["loss_gt_last"] < run["loss_gt_first"]]
-    verdict = (f"GT loss fell for {', '.join(learned)}" if learned else
-               "no model's GT loss fell: too few steps to learn (a smoke test of the chain; --preset small trains longer)")
-    lines.append(f"  {verdict}. last/zeros < 1 means better than predicting empty heatmaps; from scratch, AP stays "
-                 "near 0 until a model leaves that plateau (~1,000 steps; see the README's Evidence section).")
+    lines.append(f"  {learning_verdict(results)}. last/zeros < 1 means better than predicting empty heatmaps; from "
+                 "scratch, AP stays near 0 until a model leaves that plateau (~1,000 steps; see the README's Evidence section).")
     if "baseline" in results and "CDKD" in results:
         b, c = results["baseline"], results["CDKD"]
         lines.append(f"  CDKD - baseline: {c['best_ap'] - b['best_ap']:+.4f} AP, GT loss {c['loss_gt_last'] - b['loss_gt_last']:+.5f}"

@@ -291,11 +291,24 @@ class PoseAPI:
         return Response(content=png.tobytes(), media_type="image/png")
 
 
+# How often Serve's handles and replicas push their load to its controller unless told otherwise (Ray 2.60).
+SERVE_METRICS_INTERVAL_S = 10.0
+
+
 def autoscaling_config(cfg: ServeConfig) -> dict:
-    """Serve's autoscaling_config of the model replicas."""
-    return {"min_replicas": cfg.min_replicas, "max_replicas": cfg.max_replicas, "initial_replicas": cfg.min_replicas,
-            "target_ongoing_requests": cfg.target_ongoing_requests, "upscale_delay_s": cfg.upscale_delay_s,
-            "downscale_delay_s": cfg.downscale_delay_s, "look_back_period_s": cfg.look_back_period_s}
+    """Serve's autoscaling_config of the model replicas.
+
+    Serve averages the load over look_back_period_s from what its handles push every metrics_interval_s
+    (10 s by default). A window shorter than that (the quickstart's 5 s) saw at most one push: replicas
+    were added ~20 s into a load, whatever upscale_delay_s said, and Ray warns that such a window will
+    be an error. Such a window gets two pushes in it; a longer one keeps Serve's default interval.
+    """
+    config = {"min_replicas": cfg.min_replicas, "max_replicas": cfg.max_replicas, "initial_replicas": cfg.min_replicas,
+              "target_ongoing_requests": cfg.target_ongoing_requests, "upscale_delay_s": cfg.upscale_delay_s,
+              "downscale_delay_s": cfg.downscale_delay_s, "look_back_period_s": cfg.look_back_period_s}
+    if cfg.look_back_period_s / 2 < SERVE_METRICS_INTERVAL_S:
+        config["metrics_interval_s"] = cfg.look_back_period_s / 2
+    return config
 
 
 def build_app(cfg: ServeConfig):
