@@ -110,7 +110,7 @@ def test_serve_replicas_scale_up_under_load_and_back_down(local_cluster, synth_d
     port = _free_port()
     deploy = run_cli("serve", student, "--address", address, "--detach", "--port", port, "--min-replicas", 1,
                      "--max-replicas", 3, "--proxy-location", "HeadOnly", "target_ongoing_requests=2",
-                     "downscale_delay_s=5", timeout=240)
+                     "downscale_delay_s=5", "look_back_period_s=5", timeout=240)
     assert deploy.returncode == 0, deploy.stdout[-3000:] + deploy.stderr[-3000:]
     image = sorted((synth_dir / "val").glob("*.jpg"))[0]
     proc = run_cli("load-test", f"http://127.0.0.1:{port}", "--image", image, "--address", address,
