@@ -260,23 +260,30 @@ def test_ray_jobs_round_trip_on_a_local_head(synth_shards, tmp_path):
         summary = json.loads([line for line in logs.splitlines() if line.startswith("{")][-1])
         assert os.path.exists(os.path.join(summary["best_checkpoint"], "model.pt"))
     finally:
-        stop_processes_mentioning(str(temp))
+        # in Ray's order the head stops on SIGTERM; all at once, its raylet, GCS and monitor outlived it
+        killed = stop_processes_mentioning(str(temp))
         assert not processes_mentioning(str(temp))
+    assert killed == 0
 
 
-def stop_processes_mentioning(text: str, timeout: float = 30) -> None:
-    """Stop one local cluster by PID (`ray stop` would stop every Ray on the machine)."""
-    import signal
+def stop_processes_mentioning(text: str, timeout: float = 30) -> int:
+    """Stop one local cluster by PID (`ray stop` would stop every Ray on the machine), in Ray's order.
 
-    for sig in (signal.SIGTERM, signal.SIGKILL):
+    Returns how many of its processes needed SIGKILL."""
+    import psutil
+
+    from cdkd_ray.ray_adapters.local_cluster import stop_processes
+
+    def find() -> list:
+        procs = []
         for pid in processes_mentioning(text):
             try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.time() + timeout
-        while time.time() < deadline and processes_mentioning(text):
-            time.sleep(0.5)
+                procs.append(psutil.Process(pid))
+            except psutil.NoSuchProcess:
+                continue
+        return procs
+
+    return stop_processes(find, timeout, f"processes mentioning {text}")[1]
 
 
 _HEAD_WITH_A_DETACHED_CHILD = r"""
@@ -307,7 +314,7 @@ def test_cluster_down_stops_a_process_that_left_the_tree_and_ignores_sigterm(tmp
     try:
         result = cluster_down(str(tmp_path), grace_s=1.0)
         head.wait(timeout=10)
-        assert result["stopped"] and result["processes_stopped"] == 2
+        assert result["stopped"] and result["processes_stopped"] == 2 and result["killed"] == 1  # the child ignores SIGTERM
         assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE
         assert not (tmp_path / "cluster.json").exists()
     finally:

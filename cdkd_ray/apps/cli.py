@@ -443,7 +443,7 @@ def cmd_cluster(args: argparse.Namespace) -> None:
 
         def human(r: dict) -> None:
             print(f"cluster down: stopped {r['processes_stopped']} processes of {r['address']}"
-                  if r["stopped"] else r["message"])
+                  + (f" ({r['killed']} only by SIGKILL)" if r["killed"] else "") if r["stopped"] else r["message"])
     else:
         result = local.cluster_status(args.state_dir, args.address)
 
