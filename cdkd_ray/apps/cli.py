@@ -442,8 +442,11 @@ def cmd_cluster(args: argparse.Namespace) -> None:
         result = local.cluster_down(args.state_dir)
 
         def human(r: dict) -> None:
-            print(f"cluster down: stopped {r['processes_stopped']} processes of {r['address']}"
-                  + (f" ({r['killed']} only by SIGKILL)" if r["killed"] else "") if r["stopped"] else r["message"])
+            if not r["stopped"]:
+                print(r["message"])
+                return
+            forced = f" ({r['killed']} only by SIGKILL)" if r["killed"] else ""
+            print(f"cluster down: stopped {r['processes_stopped']} processes of {r['address']}{forced}")
     else:
         result = local.cluster_status(args.state_dir, args.address)
 

@@ -261,13 +261,15 @@ def stop_processes(find, grace_s: float, what: str) -> tuple[list, int]:
         if not procs:
             return list(seen.values()), len(killed)
         seen.update({p.pid: p for p in procs})
-        if time.monotonic() > deadline + 10:
+        late = time.monotonic() - deadline
+        if late > 10:
             raise CdkdError(f"{what} would not stop: {[p.pid for p in procs]}")
-        first = min(map(_ray_stop_rank, procs))
-        targets = procs if time.monotonic() > deadline else [p for p in procs if _ray_stop_rank(p) == first]
-        sig = signal.SIGKILL if time.monotonic() > deadline else signal.SIGTERM
-        if sig == signal.SIGKILL:
+        if late > 0:
+            targets, sig = procs, signal.SIGKILL
             killed.update(p.pid for p in targets)
+        else:
+            ranks = {p.pid: _ray_stop_rank(p) for p in procs}
+            targets, sig = [p for p in procs if ranks[p.pid] == min(ranks.values())], signal.SIGTERM
         for p in targets:
             try:
                 p.send_signal(sig)
