@@ -140,5 +140,8 @@ def test_the_results_verdict_names_a_model_that_did_not_pass_the_all_zeros_loss(
                "CDKD": run(0.006704, 0.006698, 1.123)}
     verdict = learning_verdict(results)
     assert verdict.startswith("GT loss fell for teacher, baseline, CDKD; CDKD did not end below the all-zeros loss")
+    assert "teacher's heatmaps" in verdict
     assert "did not" not in learning_verdict({**results, "CDKD": run(0.0059, 0.0054, 0.900)})
+    baseline_only = learning_verdict({**results, "CDKD": run(0.0059, 0.0054, 0.900), "baseline": run(0.0059, 0.0058, 1.01)})
+    assert "baseline did not end below" in baseline_only and "teacher's heatmaps" not in baseline_only
     assert learning_verdict({"baseline": run(0.0058, 0.0059, 1.01)}).startswith("no model's GT loss fell")

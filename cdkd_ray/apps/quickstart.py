@@ -157,8 +157,9 @@ def learning_verdict(results: dict[str, dict]) -> str:
     above = [label for label, run in results.items() if not run["loss_gt_vs_zeros"] < 1]
     verdict = f"GT loss fell for {', '.join(fell)}"
     if above:
-        verdict += (f"; {', '.join(above)} did not end below the all-zeros loss (too few steps; a CDKD student also "
-                    "follows its teacher's heatmaps, which are poor while the teacher is young)")
+        why = ("; a CDKD student also follows its teacher's heatmaps, which are poor while the teacher is young"
+               if "CDKD" in above else "")
+        verdict += f"; {', '.join(above)} did not end below the all-zeros loss (too few steps{why})"
     return verdict
 
 
