@@ -31,7 +31,7 @@ PRESETS = {
 
 DEFAULT_PRESET = "quick"
 # what each preset is for, with its wall time on 2 cores (README: the measured runs)
-PRESET_HELP = ("tiny: CI smoke, ResNet-18 teacher, ~4 min; quick: 96 images, ResNet-50 teacher 4 epochs, "
+PRESET_HELP = ("tiny: CI smoke, ResNet-18 teacher, ~2-3 min; quick: 96 images, ResNet-50 teacher 4 epochs, "
                "students 2, ~4-6 min; small: 300 images, 3 epochs each, ~6-18 min")
 
 
