@@ -18,6 +18,18 @@ from tests.helpers import random_student_export
 pytestmark = pytest.mark.timeout(300)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def serve_stops_after_this_module():
+    """Serve's controller and proxy would keep polling in the session's Ray for the tests after these."""
+    yield
+    import ray
+
+    if ray.is_initialized():
+        from ray import serve
+
+        serve.shutdown()
+
+
 @pytest.fixture(scope="module")
 def student_export(tmp_path_factory) -> str:
     return random_student_export(str(tmp_path_factory.mktemp("student")))

@@ -197,12 +197,14 @@ def test_the_resource_watch_interrupts_a_run_waiting_longer_than_its_limit():
 
     watch = ResourceWatch(0.3, poll_s=0.05, pending=pending)
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # an earlier Train run may have set its own
+    started = time.monotonic()
     try:
         with pytest.raises(KeyboardInterrupt):
             with watch:
-                time.sleep(5)
+                time.sleep(30)
     finally:
         signal.signal(signal.SIGINT, previous)
+    assert time.monotonic() - started < 10  # a main thread blocked in a sleep is woken, not left to finish it
     assert watch.missing == ["placement group [{CPU: 64}] (INFEASIBLE)"]
     idle = ResourceWatch(0.3, poll_s=0.05, pending=lambda: {})
     with idle:

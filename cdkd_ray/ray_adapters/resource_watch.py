@@ -8,6 +8,7 @@ has waited longer than the limit, it interrupts the driver's main thread, and th
 from __future__ import annotations
 
 import _thread
+import signal
 import threading
 import time
 from typing import Callable
@@ -30,6 +31,15 @@ def _pending() -> dict[str, str]:
     return found
 
 
+def _interrupt_main_thread() -> None:
+    """Ctrl-C for the main thread, as a real SIGINT: `_thread.interrupt_main()` alone only sets a flag,
+    which a main thread blocked in a sleep or a wait notices when that returns (5 s late in the test)."""
+    if callable(signal.getsignal(signal.SIGINT)):
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+    else:  # no Python handler: a real SIGINT could kill the process; interrupt_main's rules apply instead
+        _thread.interrupt_main()
+
+
 class ResourceWatch:
     """Context manager: interrupts the main thread if anything new stays pending longer than `limit_s`."""
 
@@ -50,7 +60,7 @@ class ResourceWatch:
                      if now - t > (self.limit_s if k.startswith("pg:") else max(self.limit_s, self.actor_grace_s))]
             if stuck:
                 self.missing = stuck
-                _thread.interrupt_main()
+                _interrupt_main_thread()
                 return
 
     def __enter__(self) -> "ResourceWatch":
