@@ -92,9 +92,15 @@ def test_corrupt_image_in_shard_is_reported_by_id(ray_session, synth_dir, tmp_pa
     from cdkd_ray.core.instances import build_instances, rows_from_arrow
     from cdkd_ray.core.errors import DataValidationError
 
-    skip = build_instances(rows_from_arrow(table), CFG, train=False)
+    from cdkd_ray.core.bad_images import BadImageRecord
+
+    record = BadImageRecord(str(tmp_path / "run" / "bad_images"))
+    assert record.total() == 0 and not (tmp_path / "run").exists()  # nothing written until an image is skipped
+    for _ in range(2):  # skipped again (the next epoch): recorded once
+        skip = build_instances(rows_from_arrow(table), CFG, train=False, on_skip=record.add)
     assert bad_id not in skip["image_id"].tolist() and len(skip["image_id"]) > 0
     assert f"image id={bad_id}" in caplog.text
+    assert record.image_ids() == [bad_id] and record.total() == 1
     with pytest.raises(DataValidationError, match=f"image id={bad_id}"):
         build_instances(rows_from_arrow(table), DataConfig(input_size=(128, 96), heatmap_size=(32, 24),
                                                            on_bad_image="fail"), train=False)

@@ -75,7 +75,9 @@ def test_distill_with_pool_survives_a_killed_worker_then_resumes_with_outputs(ra
     for r in rows:
         assert {"loss", "loss_gt", "loss_inter", "loss_final", "AP", "AP50", "AR", "lr", "data_digest"} <= r.keys()
         assert 2 <= r["steps"] <= 6 and r["loss"] > r["loss_gt"] > 0
+        assert r["bad_images_skipped"] == 0
     run_dir = first["run_dir"]
+    assert not os.path.exists(os.path.join(run_dir, "bad_images"))  # nothing skipped, nothing recorded
     assert os.path.getsize(os.path.join(run_dir, "curves.png")) > 5000
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(run_dir, "tensorboard")))
     assert json.load(open(os.path.join(run_dir, "summary.json")))["best_checkpoint"] == first["best_checkpoint"]
@@ -143,7 +145,7 @@ def test_distill_from_s3_shards_to_s3_storage_skips_and_counts_an_undecodable_im
     from cdkd_ray.core.storage import resolve
 
     data = shard_coco_dir(str(synth_dir), f"{s3_bucket}/coco", rows_per_file=10)
-    truncate_first_image(data, "train")
+    _, bad_id = truncate_first_image(data, "train")
     helpers_before = _actors_created("SplitCoordinator", "PreemptionWatcher", "TeacherStage")
     # the teacher as Ray Data's own actor-pool stage (the persistent pool is the killed-worker test's)
     summary = run_training(tiny("train.epochs=1", "teacher.placement=pool", "teacher.persistent=false",
@@ -161,7 +163,7 @@ def test_distill_from_s3_shards_to_s3_storage_skips_and_counts_an_undecodable_im
     assert summary["bad_images_skipped"] == 1  # every image was read once (no step limit): the bad one exactly once
     metrics = [json.loads(line) for line in run.join("metrics.jsonl").read_bytes().decode().splitlines()]
     assert metrics[-1]["bad_images_skipped"] == 1
-    assert _wait_for_no_process("ray::BadImageCounter"), "the run's bad-image counter outlived the run"
+    assert run.join("bad_images").listdir_names() == [str(bad_id)]  # which image, kept with the run
 
 
 def _actors_created(*class_names: str) -> dict[str, int]:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Iterator, Optional
 import cv2
 import numpy as np
 
+from cdkd_ray.core.bad_images import BadImageRecord
 from cdkd_ray.core.data_config import DataConfig
 from cdkd_ray.core.instances import build_instances, load_detections, rows_from_arrow
 from cdkd_ray.core.shards import shard_files
@@ -24,34 +25,16 @@ def execution_index() -> int:
     return int(getattr(DataContext.get_current(), "_execution_idx", 0))
 
 
-class BadImageCounter:
-    """Which images a run skipped as undecodable (data.on_bad_image=skip): counted, not only logged."""
-
-    def __init__(self):
-        self.image_ids: set[int] = set()
-
-    def add(self, image_id: int) -> None:
-        self.image_ids.add(image_id)
-
-    def total(self) -> int:
-        return len(self.image_ids)
-
-
-def new_bad_image_counter():
-    import ray
-
-    return ray.remote(num_cpus=0)(BadImageCounter).remote()
-
-
 def _instances_udf(table, cfg: DataConfig, train: bool, epoch: int,
-                   detections: Optional[dict[int, np.ndarray]], bad_images=None) -> Iterator[dict[str, np.ndarray]]:
+                   detections: Optional[dict[int, np.ndarray]],
+                   bad_images: Optional[BadImageRecord] = None) -> Iterator[dict[str, np.ndarray]]:
     """The instances of a read block, `data.images_per_block` images at a time (a generator of output batches).
 
     It takes whole blocks (no batch_size), so Ray Data fuses it with the read into one task per part.
     """
     # Augmentation is seeded by (seed, epoch, image ids): every epoch differs, every run repeats.
     cv2.setNumThreads(1)  # parallelism comes from the tasks; OpenCV's own threads would oversubscribe the cores
-    on_skip = (lambda image_id: bad_images.add.remote(image_id)) if bad_images is not None else None
+    on_skip = bad_images.add if bad_images is not None else None
     epoch += execution_index()
     for start in range(0, table.num_rows, cfg.images_per_block):
         rows = rows_from_arrow(table.slice(start, cfg.images_per_block))
@@ -90,7 +73,8 @@ def _read_parts(paths: list[str], filesystem, shuffle, cfg: DataConfig, tasks: i
 
 def build_dataset(uri: str, split: str, cfg: DataConfig, train: bool | None = None, epoch: int = 0,
                   s3_endpoint: str | None = None, detections_file: str | None = None,
-                  shuffle_files: bool = False, bad_images=None, passes: int = 1):
+                  shuffle_files: bool = False, bad_images: Optional[BadImageRecord] = None,
+                  passes: int = 1):
     """A streaming Ray Dataset of person instances per the training-batch contract.
 
     Reads exactly the part files the split's manifest lists, from a folder or s3://; `train`

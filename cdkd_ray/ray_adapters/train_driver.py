@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sys
 
+from cdkd_ray.core.bad_images import BadImageRecord
 from cdkd_ray.core.checkpoint import STATE_FILE
 from cdkd_ray.core.config import to_dict
 from cdkd_ray.core.errors import CdkdError
@@ -34,7 +34,7 @@ def _teacher_shape(kind: RunKind, teacher_checkpoint: str | None) -> tuple[str |
 
 
 def _datasets(cfg: ExperimentConfig, kind: RunKind, data_uri: str, teacher_checkpoint: str | None,
-              s3_endpoint: str | None, bad_images, teachers: TeacherServers | None) -> dict:
+              s3_endpoint: str | None, bad_images: BadImageRecord, teachers: TeacherServers | None) -> dict:
     import ray.data
 
     from cdkd_ray.ray_adapters.pipeline import build_dataset, with_teacher_pool
@@ -92,8 +92,6 @@ def run_training(cfg: ExperimentConfig, kind: RunKind, data_uri: str, storage_ur
     Re-running a name resumes it only if the run is the same (see run_identity); `new_run` starts a fresh
     run beside it under the first free `name-N`.
     """
-    import ray
-
     from cdkd_ray.ray_adapters.runtime import ensure_ray
 
     cfg, data_uri = experiment_for(kind, cfg), absolute_uri(data_uri)
@@ -106,11 +104,10 @@ def run_training(cfg: ExperimentConfig, kind: RunKind, data_uri: str, storage_ur
     _claim(cfg, kind, data_uri, storage, name, teacher_checkpoint, s3_endpoint)
     ensure_ray(ray_address)
     cfg = _place_teacher(cfg, kind)
-    from cdkd_ray.ray_adapters.pipeline import new_bad_image_counter
-
     loop_config = {"experiment": to_dict(cfg), "kind": kind.value, "data_uri": data_uri, "s3_endpoint": s3_endpoint,
                    "teacher_checkpoint": teacher_checkpoint, "teacher_arch": teacher_arch,
-                   "teacher_deconv": teacher_deconv, "pid_dir": pid_dir, "bad_images": new_bad_image_counter()}
+                   "teacher_deconv": teacher_deconv, "pid_dir": pid_dir,
+                   "bad_images": BadImageRecord.in_run(storage.join(name), s3_endpoint)}
     teachers = None
     if kind.distills and cfg.teacher.placement == "pool" and cfg.teacher.persistent:
         teachers = start_teacher_servers(cfg, teacher_checkpoint)  # not awaited: they start beside the workers
@@ -118,10 +115,8 @@ def run_training(cfg: ExperimentConfig, kind: RunKind, data_uri: str, storage_ur
               file=sys.stderr, flush=True)
     try:
         result = _fit(cfg, kind, loop_config, storage, name, callbacks, teachers)
-    finally:  # the counter and teachers live for one run: a kept actor holds a process until Ray shuts down
+    finally:  # the teachers live for one run: a kept actor holds a process until Ray shuts down
         stop_teacher_servers(teachers)
-        with contextlib.suppress(Exception):  # cleanup must not hide the run's own error
-            ray.kill(loop_config["bad_images"])
     if result.error:
         raise CdkdError(f"training run '{name}' failed: {result.error}")
     return summarize_run(result, storage.join(name), cfg, kind, name, write_outputs)

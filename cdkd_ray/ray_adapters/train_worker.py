@@ -46,7 +46,7 @@ def train_loop_per_worker(config: dict) -> None:
         metrics = fit_epoch(session, batches, epoch, world)
         metrics["node_id"] = ray.get_runtime_context().get_node_id()
         if config.get("bad_images") is not None:  # undecodable images skipped so far (on_bad_image=skip)
-            metrics["bad_images_skipped"] = ray.get(config["bad_images"].total.remote())
+            metrics["bad_images_skipped"] = config["bad_images"].total()
         if rank == 0 and is_eval_epoch(cfg, epoch):
             metrics.update(evaluate(session.module.student, cfg, val_shard.iter_torch_batches(batch_size=64), gt,
                                     device))
