@@ -160,7 +160,7 @@ def test_distill_from_s3_shards_to_s3_storage_skips_and_counts_an_undecodable_im
     run = resolve(f"{s3_bucket}/runs/cdkd-s3")
     assert {"metrics.jsonl", "curves.png", "summary.json", "tensorboard"} <= set(run.listdir_names())
     assert "model.pt" in resolve(summary["best_checkpoint"]).listdir_names()
-    assert summary["bad_images_skipped"] == 1  # every image was read once (no step limit): the bad one exactly once
+    assert summary["bad_images_skipped"] == 1  # distinct images skipped: the truncated one
     metrics = [json.loads(line) for line in run.join("metrics.jsonl").read_bytes().decode().splitlines()]
     assert metrics[-1]["bad_images_skipped"] == 1
     assert run.join("bad_images").listdir_names() == [str(bad_id)]  # which image, kept with the run

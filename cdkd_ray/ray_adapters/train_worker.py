@@ -45,8 +45,7 @@ def train_loop_per_worker(config: dict) -> None:
         batches = train_batches(train_shard, cfg, epoch, rank)
         metrics = fit_epoch(session, batches, epoch, world)
         metrics["node_id"] = ray.get_runtime_context().get_node_id()
-        if config.get("bad_images") is not None:  # undecodable images skipped so far (on_bad_image=skip)
-            metrics["bad_images_skipped"] = config["bad_images"].total()
+        metrics["bad_images_skipped"] = config["bad_images"].total()  # undecodable images skipped so far
         if rank == 0 and is_eval_epoch(cfg, epoch):
             metrics.update(evaluate(session.module.student, cfg, val_shard.iter_torch_batches(batch_size=64), gt,
                                     device))
