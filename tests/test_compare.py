@@ -67,6 +67,21 @@ def test_study_identity_refuses_changes_but_not_resources():
     assert any(line.startswith("data_digest") for line in study_changes(identity, study_identity(study, "e", None)))
 
 
+def test_a_resumed_study_says_its_concurrency_stays_what_it_was(tmp_path, capsys):
+    """Tune keeps max_concurrent_trials in its saved state: a resume asking for more must say it does not apply."""
+    from cdkd_ray.core.storage import resolve
+    from cdkd_ray.ray_adapters.compare import _claim_study
+
+    study = StudyConfig(experiment="tiny", variants={"a": {}, "b": {"distill.dropout_p": 0.3}}, seeds=[0])
+    wider = StudyConfig(**{**study.__dict__, "max_concurrent_trials": study.max_concurrent_trials + 2})
+    study_dir, identity = resolve(str(tmp_path / "st")), study_identity(study, "d", None)
+    assert _claim_study(study, study_dir, identity, False, {}) is False
+    assert _claim_study(study, study_dir, identity, True, {}) is True
+    assert capsys.readouterr().err == ""
+    assert _claim_study(wider, study_dir, study_identity(wider, "d", None), True, {}) is True
+    assert f"max_concurrent_trials stays {study.max_concurrent_trials}" in capsys.readouterr().err
+
+
 def _compare(args: list[str], env: dict, **kw):
     return subprocess.run([sys.executable, "-m", "cdkd_ray", "compare", *args], env=env, capture_output=True,
                           text=True, **kw)

@@ -144,6 +144,29 @@ def test_a_sweep_name_in_use_is_refused_before_ray_starts(synth_shards, teacher_
         run_sweep(sweep_config(), synth_shards, str(tmp_path), "s3", teacher_file, resume=True)
 
 
+def test_a_resumed_sweep_refuses_other_settings_and_says_its_concurrency_stays(tmp_path, capsys):
+    """Tune.restore runs the saved search, experiment and concurrency whatever the resume asks for; a sweep
+    resumed with another config used to run the old one silently. sweep.json records what it started with."""
+    from cdkd_ray.core.config import to_dict
+    from cdkd_ray.core.storage import resolve
+    from cdkd_ray.ray_adapters.sweep import SWEEP_FILE, claim_sweep
+
+    sweep_dir = resolve(str(tmp_path / "s1"))
+    sweep_dir.makedirs()
+    base = {"data": "/d", "teacher": "/t.pt", "s3_endpoint": None}
+    record = lambda **kw: {"sweep": to_dict(sweep_config(**kw)), **base}  # noqa: E731
+    claim_sweep(sweep_dir, record(), resume=False)
+    assert json.loads((tmp_path / "s1" / SWEEP_FILE).read_text())["sweep"]["max_concurrent_trials"] == 2
+    with pytest.raises(CdkdError, match=r"sweep.num_samples: 4 -> 8"):
+        claim_sweep(sweep_dir, record(num_samples=8), resume=True)
+    with pytest.raises(CdkdError, match="teacher"):
+        claim_sweep(sweep_dir, {**record(), "teacher": "/other.pt"}, resume=True)
+    claim_sweep(sweep_dir, record(), resume=True)
+    assert capsys.readouterr().err == ""
+    claim_sweep(sweep_dir, {**record(max_concurrent_trials=4), "s3_endpoint": "http://x"}, resume=True)
+    assert "max_concurrent_trials stays 2" in capsys.readouterr().err
+
+
 def test_a_trial_resumed_from_its_own_checkpoint_counts_the_epochs_it_trained_before_the_interrupt():
     """Tune's training_iteration restarts at 1 when a trial resumes from its Train run's checkpoint (Tune
     holds no checkpoint of its own); CI once saw every resumed trial listed as stopped early because the

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import os
+import sys
 import tempfile
 
 import yaml
@@ -17,10 +18,12 @@ from cdkd_ray.core.selection import EPOCHS_KEY, SCORE_KEY, best_by_score, select
 from cdkd_ray.core.storage import Location, absolute_uri, pyarrow_filesystem, resolve
 from cdkd_ray.core.errors import CdkdError
 from cdkd_ray.core.experiment import ExperimentConfig, distill_kind
+from cdkd_ray.core.run_identity import identity_diff
 from cdkd_ray.ray_adapters.sweep_config import SweepConfig, tune_space
-from cdkd_ray.ray_adapters.tune_outcome import fit_or_refuse
+from cdkd_ray.ray_adapters.tune_outcome import fit_or_refuse, kept_concurrency_notice
 
 TRAIN_RUNS = "train_runs"
+SWEEP_FILE = "sweep.json"  # what the sweep is: its config, base experiment, data and teacher; a resume must match
 
 
 def load_sweep_config(path: str | None, overrides: list[str]) -> SweepConfig:
@@ -91,10 +94,11 @@ def run_sweep(sweep: SweepConfig, data_uri: str, storage_uri: str, name: str, te
     from cdkd_ray.ray_adapters.runtime import ensure_ray
 
     experiment, storage, sweep_dir = _prepare(sweep, storage_uri, name, resume, s3_endpoint)
-    ensure_ray(ray_address)
     data_uri, teacher = absolute_uri(data_uri), (absolute_uri(teacher) if teacher else None)
     base = {"experiment": to_dict(experiment), "data": data_uri, "teacher": teacher, "s3_endpoint": s3_endpoint,
             "train_storage": sweep_dir.join(TRAIN_RUNS).uri}
+    claim_sweep(sweep_dir, {"sweep": to_dict(sweep), **base}, resume)
+    ensure_ray(ray_address)
     trainable = tune.with_resources(_trial_fn, {"CPU": 0.01})
     fs = pyarrow_filesystem(storage) if storage.is_remote else None
     if resume:
@@ -105,6 +109,32 @@ def run_sweep(sweep: SweepConfig, data_uri: str, storage_uri: str, name: str, te
                            fs)
     results = fit_or_refuse(tuner, f"sweep '{name}'")
     return write_sweep_outputs(results, sweep, sweep_dir, experiment)
+
+
+def claim_sweep(sweep_dir: Location, record: dict, resume: bool) -> None:
+    """Record a new sweep (sweep.json), or check that a resume asks for the sweep it continues.
+
+    A resumed sweep runs what Tune saved: its search space, base experiment, data and teacher. A resume
+    that asks for anything else is refused with the differences; another max_concurrent_trials is
+    said to stay as it was. A sweep started before sweep.json existed resumes unchecked.
+    """
+    path = sweep_dir.join(SWEEP_FILE)
+    if not resume or not path.exists():
+        if not resume:
+            path.write_atomic(json.dumps(record, indent=1).encode())
+        return
+    old = json.loads(path.read_bytes())
+    concurrency = "sweep.max_concurrent_trials"
+    changes = identity_diff(old, record, ignore={concurrency, "s3_endpoint"})
+    if changes:
+        shown = "\n".join(f"    {line}" for line in changes[:20])
+        raise CdkdError(f"the sweep in {sweep_dir.uri} was started with other settings, and a resume runs the "
+                        f"ones it started with:\n{shown}\n  resume with the same config and arguments, or start "
+                        "a new sweep under another --name")
+    notice = kept_concurrency_notice(f"sweep '{sweep_dir.uri.rstrip('/').rsplit('/', 1)[-1]}'",
+                                     old["sweep"]["max_concurrent_trials"], record["sweep"]["max_concurrent_trials"])
+    if notice:
+        print(notice, file=sys.stderr, flush=True)
 
 
 def apply_and_check(experiment: ExperimentConfig, key: str) -> None:

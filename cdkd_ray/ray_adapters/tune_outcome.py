@@ -1,4 +1,4 @@
-"""How a Tune grid's fit() came back: every trial ended, or Ctrl-C stopped it (then nothing is reported)."""
+"""How a Tune grid's fit() came back (every trial ended, or Ctrl-C stopped it), and what a resume keeps."""
 
 from __future__ import annotations
 
@@ -32,3 +32,15 @@ def fit_or_refuse(tuner, what: str):
         raise InterruptedRun(f"{what} was interrupted before it ended; its state is saved: run the same command "
                              "with --resume to continue it. No report or outputs were written.")
     return results
+
+
+def kept_concurrency_notice(what: str, recorded: int, requested: int) -> str | None:
+    """The line a resume prints when it asks for another max_concurrent_trials: Tune keeps the old one.
+
+    Tune.restore has no way to change it: the concurrency lives in the search algorithm's saved state
+    (checked: a grid started at 1 and resumed with 4 still ran one trial at a time).
+    """
+    if recorded == requested:
+        return None
+    return (f"{what}: max_concurrent_trials stays {recorded} on resume (Ray Tune restores it with the saved "
+            f"state; the {requested} asked for now does not apply).")
