@@ -113,7 +113,7 @@ def test_two_by_two_study_resumes_and_reports_paired_intervals(synth_shards, tea
         "seeds": [0, 1], "max_concurrent_trials": 2}))
     out = tmp_path / "out"
     args = ["--config", str(study_file), "--data", synth_shards, "--storage", str(out), "--teacher", teacher_file]
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # the CLI starts its own Ray, as on a laptop
     finished = _interrupt_after_first_run(args, env, out / "mini" / "runs")
     assert finished, "no run finished before the interrupt"
     assert not (out / "mini" / "report.md").exists()

@@ -68,10 +68,13 @@ def _check_sweep_outputs(result: dict, sweep_dir) -> None:
 
 
 @pytest.mark.timeout(700)
-def test_asha_sweep_interrupted_and_resumed_keeps_finished_work_and_writes_outputs(synth_shards, teacher_file, tmp_path):
-    """One 4-trial ASHA sweep, Ctrl-C'd after a first checkpoint and resumed: one run shows both."""
+def test_asha_sweep_interrupted_and_resumed_keeps_finished_work_and_writes_outputs(ray_session, synth_shards, teacher_file, tmp_path):
+    """One 4-trial ASHA sweep, Ctrl-C'd after a first checkpoint and resumed: one run shows both.
+
+    The CLI drives the session's Ray as it would a cluster's (`--address`/$RAY_ADDRESS), which saves two
+    Ray starts; the compare study's test covers Ctrl-C and resume on a CLI's own embedded Ray."""
     args = _cli_sweep_args(tmp_path, "s2", teacher_file, synth_shards)
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address, "RAY_AUTH_MODE": "token"}
     started = _interrupt_after_first_checkpoint(args, env, tmp_path / "out" / "s2" / "train_runs")
     assert started, "no trial checkpointed before the interrupt"
     assert not (tmp_path / "out" / "s2" / "sweep.csv").exists()  # the interrupt came before the sweep ended
