@@ -74,6 +74,7 @@ def test_asha_sweep_interrupted_and_resumed_keeps_finished_work_and_writes_outpu
     The CLI drives the session's Ray as it would a cluster's (`--address`/$RAY_ADDRESS), which saves two
     Ray starts; the compare study's test covers Ctrl-C and resume on a CLI's own embedded Ray."""
     args = _cli_sweep_args(tmp_path, "s2", teacher_file, synth_shards)
+    # the embedded Ray runs with Ray's token auth, kept out of os.environ (see runtime.py): a driver joining it asks for it
     env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address, "RAY_AUTH_MODE": "token"}
     started = _interrupt_after_first_checkpoint(args, env, tmp_path / "out" / "s2" / "train_runs")
     assert started, "no trial checkpointed before the interrupt"
@@ -168,6 +169,9 @@ def test_a_resumed_sweep_refuses_other_settings_and_says_its_concurrency_stays(t
     assert capsys.readouterr().err == ""
     claim_sweep(sweep_dir, {**record(max_concurrent_trials=4), "s3_endpoint": "http://x"}, resume=True)
     assert "max_concurrent_trials stays 2" in capsys.readouterr().err
+    (tmp_path / "s1" / SWEEP_FILE).write_text('{"sweep": ')  # damaged by hand: a clear error, not a traceback
+    with pytest.raises(CdkdError, match="sweep.json is not valid JSON"):
+        claim_sweep(sweep_dir, record(), resume=True)
 
 
 def test_a_trial_resumed_from_its_own_checkpoint_counts_the_epochs_it_trained_before_the_interrupt():

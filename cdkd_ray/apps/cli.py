@@ -570,8 +570,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", required=True, help="where the sweep, its runs and outputs go (folder or s3://)")
     p.add_argument("--name", default="sweep", help="sweep name (default: sweep)")
     p.add_argument("--teacher", required=True, help="teacher checkpoint for every trial")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted sweep of the same name with the settings it started "
-                   "with; refused if the sweep config, data or teacher changed")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted sweep of the same name with the settings it started with; "
+                   "refused if the sweep config, data or teacher changed")
     _add_address(p)
     _add_no_preflight(p)
     _add_s3_endpoint(p)

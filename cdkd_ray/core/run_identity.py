@@ -86,6 +86,11 @@ def identity_diff(old: dict, new: dict, ignore: Collection[str] = RUN_IGNORED) -
             if key not in ignore and flat_old.get(key) != flat_new.get(key)]
 
 
+def shown_diff(changes: list[str], limit: int = 20) -> str:
+    """The first `limit` differences from identity_diff, one indented line each, for an error message."""
+    return "\n".join(f"    {line}" for line in changes[:limit])
+
+
 def claim_run(run_dir: Location, name: str, identity: dict) -> None:
     """Record a new run's identity, or check that an existing run of this name is the same run."""
     path = run_dir.join(IDENTITY_FILE)

@@ -9,20 +9,19 @@ runs/VARIANT-seedN (one Ray Train run each: checkpoints, metrics.jsonl, summary.
 from __future__ import annotations
 
 import json
-import sys
 
 from cdkd_ray.core.config import apply_overrides, from_dict, to_dict
 from cdkd_ray.core.errors import CdkdError
 from cdkd_ray.core.experiment import ExperimentConfig, distill_kind
 from cdkd_ray.core.names import check_name
-from cdkd_ray.core.run_identity import data_digest, file_digest
+from cdkd_ray.core.run_identity import data_digest, file_digest, shown_diff
 from cdkd_ray.core.selection import SCORE_KEY
 from cdkd_ray.core.shards import verified_manifests
 from cdkd_ray.core.storage import Location, absolute_uri, pyarrow_filesystem, resolve
 from cdkd_ray.core.study import (
     SEED_KEYS, StudyConfig, run_name, study_changes, study_identity, variant_config, variant_overrides,
 )
-from cdkd_ray.ray_adapters.tune_outcome import fit_or_refuse, kept_concurrency_notice
+from cdkd_ray.ray_adapters.tune_outcome import fit_or_refuse, say_kept_concurrency
 from cdkd_ray.core.study_report import (
     build_report, markdown_report, plot_ap_per_epoch, plot_paired_differences, runs_in_study_order, variant_costs,
 )
@@ -62,13 +61,10 @@ def _claim_study(study: StudyConfig, study_dir: Location, identity: dict, resume
     old = json.loads(path.read_bytes())
     changes = study_changes(old["identity"], identity)
     if changes:
-        shown = "\n".join(f"    {line}" for line in changes[:20])
         raise CdkdError(f"the study in {study_dir.uri} was started with other settings; resuming would mix two "
-                        f"studies:\n{shown}\n  use another --name (only resources may change on resume)")
-    notice = kept_concurrency_notice(f"study '{study_dir.uri.rstrip('/').rsplit('/', 1)[-1]}'",
-                                     old["study"]["max_concurrent_trials"], study.max_concurrent_trials)
-    if notice:
-        print(notice, file=sys.stderr, flush=True)
+                        f"studies:\n{shown_diff(changes)}\n  use another --name (only resources may change on "
+                        "resume)")
+    say_kept_concurrency(f"study in {study_dir.uri}", old["study"]["max_concurrent_trials"], study.max_concurrent_trials)
     return True
 
 

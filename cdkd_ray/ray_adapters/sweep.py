@@ -6,7 +6,6 @@ import csv
 import io
 import json
 import os
-import sys
 import tempfile
 
 import yaml
@@ -18,9 +17,9 @@ from cdkd_ray.core.selection import EPOCHS_KEY, SCORE_KEY, best_by_score, select
 from cdkd_ray.core.storage import Location, absolute_uri, pyarrow_filesystem, resolve
 from cdkd_ray.core.errors import CdkdError
 from cdkd_ray.core.experiment import ExperimentConfig, distill_kind
-from cdkd_ray.core.run_identity import identity_diff
+from cdkd_ray.core.run_identity import identity_diff, shown_diff
 from cdkd_ray.ray_adapters.sweep_config import SweepConfig, tune_space
-from cdkd_ray.ray_adapters.tune_outcome import fit_or_refuse, kept_concurrency_notice
+from cdkd_ray.ray_adapters.tune_outcome import fit_or_refuse, say_kept_concurrency
 
 TRAIN_RUNS = "train_runs"
 SWEEP_FILE = "sweep.json"  # what the sweep is: its config, base experiment, data and teacher; a resume must match
@@ -119,22 +118,23 @@ def claim_sweep(sweep_dir: Location, record: dict, resume: bool) -> None:
     said to stay as it was. A sweep started before sweep.json existed resumes unchecked.
     """
     path = sweep_dir.join(SWEEP_FILE)
-    if not resume or not path.exists():
-        if not resume:
-            path.write_atomic(json.dumps(record, indent=1).encode())
+    if not resume:
+        path.write_atomic(json.dumps(record, indent=1).encode())
         return
-    old = json.loads(path.read_bytes())
-    concurrency = "sweep.max_concurrent_trials"
-    changes = identity_diff(old, record, ignore={concurrency, "s3_endpoint"})
+    if not path.exists():
+        return
+    try:
+        old = json.loads(path.read_bytes())
+    except ValueError as e:
+        raise CdkdError(f"{path.uri} is not valid JSON ({e}): it records what the sweep started with; restore "
+                        "it, or start a new sweep under another --name") from None
+    changes = identity_diff(old, record, ignore={"sweep.max_concurrent_trials", "s3_endpoint"})
     if changes:
-        shown = "\n".join(f"    {line}" for line in changes[:20])
         raise CdkdError(f"the sweep in {sweep_dir.uri} was started with other settings, and a resume runs the "
-                        f"ones it started with:\n{shown}\n  resume with the same config and arguments, or start "
-                        "a new sweep under another --name")
-    notice = kept_concurrency_notice(f"sweep '{sweep_dir.uri.rstrip('/').rsplit('/', 1)[-1]}'",
-                                     old["sweep"]["max_concurrent_trials"], record["sweep"]["max_concurrent_trials"])
-    if notice:
-        print(notice, file=sys.stderr, flush=True)
+                        f"ones it started with:\n{shown_diff(changes)}\n  resume with the same config and "
+                        "arguments, or start a new sweep under another --name")
+    say_kept_concurrency(f"sweep in {sweep_dir.uri}", old["sweep"]["max_concurrent_trials"],
+                         record["sweep"]["max_concurrent_trials"])
 
 
 def apply_and_check(experiment: ExperimentConfig, key: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 
 from cdkd_ray.core.errors import InterruptedRun
@@ -34,13 +35,12 @@ def fit_or_refuse(tuner, what: str):
     return results
 
 
-def kept_concurrency_notice(what: str, recorded: int, requested: int) -> str | None:
-    """The line a resume prints when it asks for another max_concurrent_trials: Tune keeps the old one.
+def say_kept_concurrency(what: str, recorded: int, requested: int) -> None:
+    """Tell a resume asking for another max_concurrent_trials (on stderr) that Tune keeps the old one.
 
     Tune.restore has no way to change it: the concurrency lives in the search algorithm's saved state
     (checked: a grid started at 1 and resumed with 4 still ran one trial at a time).
     """
-    if recorded == requested:
-        return None
-    return (f"{what}: max_concurrent_trials stays {recorded} on resume (Ray Tune restores it with the saved "
-            f"state; the {requested} asked for now does not apply).")
+    if recorded != requested:
+        print(f"{what}: max_concurrent_trials stays {recorded} on resume (Ray Tune restores it with the saved "
+              f"state; the {requested} asked for now does not apply).", file=sys.stderr, flush=True)
