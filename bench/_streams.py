@@ -1,9 +1,11 @@
-"""What the data-path benchmarks share: their command line and their synthetic shards."""
+"""What the benchmarks share: the data-path command line, synthetic shards and scratch folders."""
 
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
+import shutil
 import tempfile
 
 
@@ -21,10 +23,17 @@ def stream_arguments(doc: str, passes: int, rounds: int) -> argparse.Namespace:
     return args
 
 
+def scratch_folder(prefix: str) -> str:
+    """A new temp folder, removed when the benchmark's process exits (shards, runs and teachers: up to GBs)."""
+    work = tempfile.mkdtemp(prefix=prefix)
+    atexit.register(shutil.rmtree, work, ignore_errors=True)
+    return work
+
+
 def synthetic_shards(images: int, rows_per_file: int, prefix: str) -> str:
-    """A new synthetic set of `images` images, sharded `rows_per_file` to a part, in a temp folder."""
+    """A new synthetic set of `images` images, sharded `rows_per_file` to a part, in a scratch folder."""
     from cdkd_ray.apps.recipes import make_synthetic, shard_coco_dir
 
-    work = tempfile.mkdtemp(prefix=prefix)
+    work = scratch_folder(prefix)
     return shard_coco_dir(make_synthetic(os.path.join(work, "synth"), images, 8, seed=0),
                           os.path.join(work, "shards"), rows_per_file=rows_per_file)

@@ -14,12 +14,13 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench._streams import scratch_folder  # noqa: E402
 
 from cdkd_ray.core.coco.images import decode_bgr  # noqa: E402
 from cdkd_ray.core.shards import shard_coco  # noqa: E402
@@ -124,7 +125,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     cfg = DataConfig()
-    work = tempfile.mkdtemp(prefix="cdkd-bench-")
+    work = scratch_folder("cdkd-bench-")
     synth_split(work, "train", args.images, seed=0)
     shard_coco(os.path.join(work, "annotations", "person_keypoints_train.json"), os.path.join(work, "train"),
                os.path.join(work, "shards"), split="train", rows_per_file=50, show_progress=False)

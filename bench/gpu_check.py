@@ -121,14 +121,15 @@ def precision_row(args, teacher_file: str, device: torch.device, amp_dtype: str 
 def check(args) -> dict:
     device = torch.device(args.device)
     cfg = load_config(ExperimentConfig, args.config, args.overrides)
-    teacher_file = os.path.join(tempfile.mkdtemp(prefix="gpu-check-"), "teacher_r50.pth")
-    torch.save(PoseResNet(ModelConfig(arch="resnet50")).state_dict(), teacher_file)
     dtypes = ["bfloat16", "float16"] if device.type == "cuda" else [None]
     result = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
               "torch": torch.__version__, "input_size": list(cfg.data.input_size), "batch": args.batch,
               "channels_last": args.channels_last, "peak_tflops": peak_tflops(device), "precisions": {}}
-    for dtype in dtypes:
-        result["precisions"][dtype or "float32"] = precision_row(args, teacher_file, device, dtype)
+    with tempfile.TemporaryDirectory(prefix="gpu-check-") as scratch:  # the 136 MB teacher goes with it
+        teacher_file = os.path.join(scratch, "teacher_r50.pth")
+        torch.save(PoseResNet(ModelConfig(arch="resnet50")).state_dict(), teacher_file)
+        for dtype in dtypes:
+            result["precisions"][dtype or "float32"] = precision_row(args, teacher_file, device, dtype)
     dtype = torch.bfloat16 if device.type == "cuda" else None
     teacher = PoseResNet(ModelConfig(arch="resnet50")).to(device).eval()
     student = PoseResNet(ModelConfig(arch=cfg.model.arch)).to(device).eval()

@@ -16,12 +16,13 @@ import json
 import os
 import socket
 import sys
-import tempfile
 import time
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench._streams import scratch_folder  # noqa: E402
 
 from cdkd_ray.ray_adapters.serve.loadgen import drive_load, latency_stats  # noqa: E402
 
@@ -108,7 +109,7 @@ def main() -> None:
     args = parser.parse_args()
     import cv2
 
-    folder = tempfile.mkdtemp(prefix="cdkd-serve-bench-")
+    folder = scratch_folder("cdkd-serve-bench-")
     student = make_student(folder)
     image = np.random.default_rng(0).integers(0, 255, (480, 640, 3), np.uint8)
     data = cv2.imencode(".jpg", image)[1].tobytes()

@@ -10,11 +10,12 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench._streams import scratch_folder  # noqa: E402
 
 from _moto import start_moto_s3  # noqa: E402
 
@@ -43,7 +44,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    work = tempfile.mkdtemp(prefix="cdkd-shard-bench-")
+    work = scratch_folder("cdkd-shard-bench-")
     make_synthetic(work, args.images, 1, seed=0)
     server = start_moto_s3("bench")
     try:

@@ -19,7 +19,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 
@@ -28,7 +27,7 @@ import yaml
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from bench._streams import synthetic_shards  # noqa: E402
+from bench._streams import scratch_folder, synthetic_shards  # noqa: E402
 
 
 class CpuSampler(threading.Thread):
@@ -109,7 +108,7 @@ def main() -> None:
     args = parser.parse_args()
     if min(args.seeds, args.concurrent) < 1:
         parser.error("--seeds and --concurrent must be >= 1")
-    work = tempfile.mkdtemp(prefix="study-cpu-")
+    work = scratch_folder("study-cpu-")
     shards, teacher = synthetic_shards(24, 10, "study-cpu-data-"), random_teacher(work)
     command = [sys.executable, "-m", "cdkd_ray", "compare", "--config", study_file(work, args.seeds, args.concurrent),
                "--data", shards, "--storage", os.path.join(work, "out"), "--teacher", teacher, "--json"]

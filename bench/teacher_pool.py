@@ -17,10 +17,11 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from bench._streams import scratch_folder  # noqa: E402
 
 from train_throughput import ray_train_epochs  # noqa: E402
 
@@ -58,7 +59,7 @@ def main() -> None:
     from cdkd_ray.core.models.pose_resnet import ModelConfig, PoseResNet
     from cdkd_ray.ray_adapters.runtime import ensure_ray
 
-    work = tempfile.mkdtemp(prefix="cdkd-pool-bench-")
+    work = scratch_folder("cdkd-pool-bench-")
     shards = shard_coco_dir(make_synthetic(work, args.images, 8, seed=0), os.path.join(work, "shards"))
     teacher = os.path.join(work, "teacher.pth")
     torch.save(PoseResNet(ModelConfig(arch="resnet50")).state_dict(), teacher)

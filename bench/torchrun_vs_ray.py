@@ -29,11 +29,12 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+
+from bench._streams import scratch_folder  # noqa: E402
 
 from cdkd_ray.core.config import load_config  # noqa: E402
 from cdkd_ray.core.experiment import ExperimentConfig  # noqa: E402
@@ -319,7 +320,7 @@ def main() -> None:
         return torchrun_worker(args)
     from cdkd_ray.apps.recipes import make_synthetic, shard_coco_dir
 
-    work = tempfile.mkdtemp(prefix="cdkd-torchrun-bench-")
+    work = scratch_folder("cdkd-torchrun-bench-")
     synth = os.path.join(work, "synth")
     shards = args.shards or shard_coco_dir(make_synthetic(synth, args.images, 8, seed=0), os.path.join(work, "shards"),
                                            rows_per_file=args.rows_per_file)

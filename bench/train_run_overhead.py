@@ -32,6 +32,8 @@ import tempfile
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from bench._streams import scratch_folder  # noqa: E402
+
 _SIDE = r"""
 import glob, json, logging, sys, time
 from datetime import datetime
@@ -118,7 +120,7 @@ def main() -> None:
         parser.error(f"--sides must name some of {', '.join(SIDES)}, not {args.sides!r}")
     from cdkd_ray.apps.recipes import make_synthetic, shard_coco_dir
 
-    work = tempfile.mkdtemp(prefix="cdkd-overhead-bench-")
+    work = scratch_folder("cdkd-overhead-bench-")
     shards = shard_coco_dir(make_synthetic(os.path.join(work, "synth"), 24, 12, seed=3), os.path.join(work, "shards"),
                             rows_per_file=10)
     sides: dict[str, list[dict]] = {side: [] for side in chosen}

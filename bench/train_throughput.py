@@ -17,11 +17,12 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench._streams import scratch_folder  # noqa: E402
 
 from cdkd_ray.apps.recipes import make_synthetic, shard_coco_dir  # noqa: E402
 from cdkd_ray.core.config import load_config  # noqa: E402
@@ -116,7 +117,7 @@ def main() -> None:
     from cdkd_ray.core.models.pose_resnet import ModelConfig, PoseResNet
     from cdkd_ray.ray_adapters.runtime import ensure_ray
 
-    work = tempfile.mkdtemp(prefix="cdkd-train-bench-")
+    work = scratch_folder("cdkd-train-bench-")
     shards = shard_coco_dir(make_synthetic(work, args.images, 8, seed=0), os.path.join(work, "shards"))
     cfg = load_config(ExperimentConfig, "tiny")
     teacher = os.path.join(work, "teacher.pth")

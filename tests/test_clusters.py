@@ -263,6 +263,7 @@ def test_ray_jobs_round_trip_on_a_local_head(synth_shards, tmp_path):
         # in Ray's order the head stops on SIGTERM; all at once, its raylet, GCS and monitor outlived it
         killed = stop_processes_mentioning(str(temp))
         assert not processes_mentioning(str(temp))
+        shutil.rmtree(temp, ignore_errors=True)  # the head's session files, logs and job packages
     assert killed == 0
 
 
