@@ -1,7 +1,9 @@
 """Autoscaling on one machine: a fake multi-node cluster under the real autoscaler (clusters/local-autoscale.yaml).
 
-Each test starts its own cluster with `cdkd-ray cluster up`, stops it with `cluster down` and checks
-that no process of it is left. Drivers run as subprocesses (this process may hold the session's Ray).
+The sweep and serving tests share one cluster, started with `cdkd-ray cluster up` (~10 s) and stopped
+with `cluster down` after both, which checks that no process of it is left. The sweep ends with its
+autoscaled nodes gone, so serving starts from a head alone as it would on its own cluster. Drivers run
+as subprocesses (this process may hold the session's Ray).
 """
 
 from __future__ import annotations
@@ -18,10 +20,10 @@ from tests.helpers import last_json, random_student_export, run_cli
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def local_cluster(tmp_path):
-    """A local autoscaling cluster on free ports; yields (address, state_dir)."""
-    state = tmp_path / "cluster"
+@pytest.fixture(scope="module")
+def local_cluster(tmp_path_factory):
+    """A local autoscaling cluster on free ports for this module's tests; yields (address, state_dir)."""
+    state = tmp_path_factory.mktemp("autoscaling") / "cluster"
     up = run_cli("cluster", "up", "--state-dir", state, "--port", _free_port(), "--dashboard-port", _free_port(),
                  "--json", timeout=180)
     assert up.returncode == 0, up.stdout + up.stderr
@@ -107,6 +109,7 @@ def test_sweep_trials_run_on_autoscaled_nodes_that_go_away(local_cluster, synth_
 @pytest.mark.timeout(600)
 def test_serve_replicas_scale_up_under_load_and_back_down(local_cluster, synth_dir, tmp_path):
     address, state = local_cluster
+    wait_for_no_worker_nodes(state)  # after the sweep's test, if it ran: serving starts from the head alone
     student = random_student_export(str(tmp_path))
     port = _free_port()
     deploy = run_cli("serve", student, "--address", address, "--detach", "--port", port, "--min-replicas", 1,

@@ -87,12 +87,12 @@ def _compare(args: list[str], env: dict, **kw):
                           text=True, **kw)
 
 
-def _interrupt_after_first_run(args: list[str], env: dict, runs) -> list:
-    """Start the study, Ctrl-C it once one run has finished; returns the finished runs."""
+def _interrupt_after_runs(args: list[str], env: dict, runs, count: int) -> list:
+    """Start the study, Ctrl-C it once `count` runs have finished; returns the finished runs."""
     first = subprocess.Popen([sys.executable, "-m", "cdkd_ray", "compare", *args], env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline, finished = time.time() + 300, []
-    while time.time() < deadline and not finished:
+    while time.time() < deadline and len(finished) < count:
         finished = [d for d in runs.glob("*-seed*") if (d / "summary.json").exists()] if runs.exists() else []
         time.sleep(0.5)
     os.killpg(first.pid, signal.SIGINT)
@@ -114,8 +114,10 @@ def test_two_by_two_study_resumes_and_reports_paired_intervals(synth_shards, tea
     out = tmp_path / "out"
     args = ["--config", str(study_file), "--data", synth_shards, "--storage", str(out), "--teacher", teacher_file]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # the CLI starts its own Ray, as on a laptop
-    finished = _interrupt_after_first_run(args, env, out / "mini" / "runs")
-    assert finished, "no run finished before the interrupt"
+    # the first two runs start together and end close together: Ctrl-C once both have finished, so the
+    # interrupt does not throw away a nearly finished run for the resume to start again (~30 s here)
+    finished = _interrupt_after_runs(args, env, out / "mini" / "runs", count=2)
+    assert len(finished) == 2, "two runs did not finish before the interrupt"
     assert not (out / "mini" / "report.md").exists()
     kept = {p: p.stat().st_mtime_ns for run in finished for p in run.rglob("trainer_state.json")}
 
