@@ -238,8 +238,9 @@ def test_ray_jobs_round_trip_on_a_local_head(synth_shards, tmp_path):
 
         torch.save(PoseResNet(ModelConfig()).state_dict(), teacher)
         client = JobSubmissionClient(f"http://127.0.0.1:{dash}")
+        # one train worker: what is tested is the job's round trip (DDP and the split stream: test_training)
         entry = (f"python jobs/distill.py --config tiny --data {synth_shards} --storage {tmp_path / 'runs'} "
-                 f"--name job-run --teacher {teacher} --json train.epochs=1")
+                 f"--name job-run --teacher {teacher} --json train.epochs=1 train.num_workers=1")
         runtime_env = yaml.safe_load((REPO / "jobs" / "runtime_env.yaml").read_text())
         runtime_env["working_dir"] = str(REPO)
         job, wait_until = None, time.time() + 240  # slow on a busy 2-core machine
