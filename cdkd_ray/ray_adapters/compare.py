@@ -21,7 +21,7 @@ from cdkd_ray.core.storage import Location, absolute_uri, pyarrow_filesystem, re
 from cdkd_ray.core.study import (
     SEED_KEYS, StudyConfig, run_name, study_changes, study_identity, variant_config, variant_overrides,
 )
-from cdkd_ray.ray_adapters.tune_outcome import fit_or_refuse, say_kept_concurrency
+from cdkd_ray.ray_adapters.tune_outcome import fit_or_refuse, restore_tuner, say_kept_concurrency
 from cdkd_ray.core.study_report import (
     build_report, markdown_report, plot_ap_per_epoch, plot_paired_differences, runs_in_study_order, variant_costs,
 )
@@ -99,8 +99,8 @@ def _tuner(study: StudyConfig, study_dir: Location, s3_endpoint: str | None):
     parent = study_dir.uri.rstrip("/").rsplit("/", 1)[0]
     storage_path = parent.removeprefix("s3://") if study_dir.is_remote else parent
     if study_dir.join("tuner.pkl").exists():
-        return tune.Tuner.restore(study_dir.path if study_dir.is_remote else study_dir.uri, trainable,
-                                  resume_unfinished=True, resume_errored=True, storage_filesystem=fs)
+        return restore_tuner(study_dir.path if study_dir.is_remote else study_dir.uri, trainable, fs,
+                             f"study '{study_dir.uri.rstrip('/').rsplit('/', 1)[1]}'")
     return tune.Tuner(
         trainable,
         param_space={"variant": tune.grid_search(list(study.variants)), "seed": tune.grid_search(list(study.seeds)),

@@ -19,7 +19,7 @@ from cdkd_ray.core.errors import CdkdError
 from cdkd_ray.core.experiment import ExperimentConfig, distill_kind
 from cdkd_ray.core.run_identity import identity_diff, shown_diff
 from cdkd_ray.ray_adapters.sweep_config import SweepConfig, tune_space
-from cdkd_ray.ray_adapters.tune_outcome import fit_or_refuse, say_kept_concurrency
+from cdkd_ray.ray_adapters.tune_outcome import fit_or_refuse, restore_tuner, say_kept_concurrency
 
 TRAIN_RUNS = "train_runs"
 SWEEP_FILE = "sweep.json"  # what the sweep is: its config, base experiment, data and teacher; a resume must match
@@ -101,8 +101,7 @@ def run_sweep(sweep: SweepConfig, data_uri: str, storage_uri: str, name: str, te
     trainable = tune.with_resources(_trial_fn, {"CPU": 0.01})
     fs = pyarrow_filesystem(storage) if storage.is_remote else None
     if resume:
-        tuner = tune.Tuner.restore(sweep_dir.path if storage.is_remote else sweep_dir.uri, trainable,
-                                   resume_unfinished=True, resume_errored=True, storage_filesystem=fs)
+        tuner = restore_tuner(sweep_dir.path if storage.is_remote else sweep_dir.uri, trainable, fs, f"sweep '{name}'")
     else:
         tuner = _new_tuner(trainable, sweep, experiment, base, name, storage.path if storage.is_remote else storage.uri,
                            fs)

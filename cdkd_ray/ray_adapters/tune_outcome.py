@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import re
 import signal
 import sys
 import threading
@@ -44,3 +46,46 @@ def say_kept_concurrency(what: str, recorded: int, requested: int) -> None:
     if recorded != requested:
         print(f"{what}: max_concurrent_trials stays {recorded} on resume (Ray Tune restores it with the saved "
               f"state; the {requested} asked for now does not apply).", file=sys.stderr, flush=True)
+
+
+# Tune's warning, on restore, for trials that had started but not reported when the grid was interrupted
+_ANALYSIS_LOGGER = "ray.tune.analysis.experiment_analysis"
+_NOT_REPORTED = re.compile(r"- (\S+): FileNotFoundError\('Could not fetch metrics for \S+: both result\.json and "
+                           r"progress\.csv were not found")
+
+
+class _UnreportedTrials(logging.Filter):
+    """Holds back Tune's "Failed to fetch metrics" warning when every trial it names had not reported yet."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.trials: list[str] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        head, *lines = record.getMessage().splitlines() or [""]
+        names = [m.group(1) for m in map(_NOT_REPORTED.match, lines) if m]
+        if not head.startswith("Failed to fetch metrics for") or not lines or len(names) != len(lines):
+            return True  # anything else Tune says is passed on as it is
+        self.trials += names
+        return False
+
+
+def restore_tuner(path: str, trainable, storage_filesystem, what: str):
+    """The interrupted grid's Tuner, unfinished and errored trials to run again, said in our words.
+
+    Tune warns with a FileNotFoundError for each trial that had started but not reported before the
+    interrupt (no result.json yet); such a trial has nothing to lose and runs from its start, so one line
+    on stderr says that instead."""
+    from ray import tune
+
+    logger, held = logging.getLogger(_ANALYSIS_LOGGER), _UnreportedTrials()
+    logger.addFilter(held)
+    try:
+        tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True,
+                                   storage_filesystem=storage_filesystem)
+    finally:
+        logger.removeFilter(held)
+    if held.trials:
+        print(f"{what}: {len(held.trials)} trial(s) had not reported an epoch when interrupted "
+              f"({', '.join(held.trials)}); they run from the start.", file=sys.stderr, flush=True)
+    return tuner
