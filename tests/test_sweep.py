@@ -158,7 +158,9 @@ def test_only_an_interrupted_fit_is_refused_and_its_resume_is_reported(ray_sessi
     finally:
         logging.getLogger("ray.tune.analysis.experiment_analysis").removeHandler(watcher)
     assert not [m for m in passed_on if "Failed to fetch metrics" in m], passed_on
-    assert "grid 'g': 1 trial(s) had not reported an epoch when interrupted" in capsys.readouterr().err
+    said = capsys.readouterr().err
+    assert "grid 'g': 1 trial(s) had not reported an epoch when interrupted (_trial_" in said
+    assert f"({unreported.parent.name}); they run from the start." in said  # its folder names its parameters
     results = fit_or_refuse(restored, "grid 'g'")  # not interrupted: every trial ended
     assert sorted(r.metrics["i"] for r in results) == [0, 1, 2]  # two kept from the first fit, one run now
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C works as before afterwards

@@ -50,12 +50,13 @@ def say_kept_concurrency(what: str, recorded: int, requested: int) -> None:
 
 # Tune's warning, on restore, for trials that had started but not reported when the grid was interrupted
 _ANALYSIS_LOGGER = "ray.tune.analysis.experiment_analysis"
-_NOT_REPORTED = re.compile(r"- (\S+): FileNotFoundError\('Could not fetch metrics for \S+: both result\.json and "
-                           r"progress\.csv were not found")
+_NOT_REPORTED = re.compile(r"- \S+: FileNotFoundError\('Could not fetch metrics for \S+: both result\.json and "
+                           r"progress\.csv were not found at (?:.*/)?([^/']+)'")  # the trial's folder: its parameters
 
 
 class _UnreportedTrials(logging.Filter):
-    """Holds back Tune's "Failed to fetch metrics" warning when every trial it names had not reported yet."""
+    """Holds back Tune's "Failed to fetch metrics" warning when every trial it names had not reported yet;
+    keeps their folders' names."""
 
     def __init__(self) -> None:
         super().__init__()
