@@ -111,6 +111,7 @@ def test_only_an_interrupted_fit_is_refused_and_its_resume_is_reported(ray_sessi
     from ray import tune
 
     from cdkd_ray.core.errors import InterruptedRun
+    from cdkd_ray.core.storage import resolve
     from cdkd_ray.ray_adapters.tune_outcome import fit_or_refuse, restore_tuner
 
     def _trial(config: dict) -> None:  # local, so Ray ships it by value (workers cannot import tests)
@@ -154,7 +155,7 @@ def test_only_an_interrupted_fit_is_refused_and_its_resume_is_reported(ray_sessi
     watcher.emit = lambda record: passed_on.append(record.getMessage())
     logging.getLogger("ray.tune.analysis.experiment_analysis").addHandler(watcher)
     try:
-        restored = restore_tuner(str(tmp_path / "g"), trainable, None, "grid 'g'")
+        restored = restore_tuner(resolve(str(tmp_path / "g")), trainable, None, "grid 'g'")
     finally:
         logging.getLogger("ray.tune.analysis.experiment_analysis").removeHandler(watcher)
     assert not [m for m in passed_on if "Failed to fetch metrics" in m], passed_on

@@ -96,17 +96,16 @@ def _tuner(study: StudyConfig, study_dir: Location, s3_endpoint: str | None):
 
     trainable = tune.with_resources(_trial_fn, {"CPU": 0.01})  # the Train run inside requests the workers
     fs = pyarrow_filesystem(study_dir) if study_dir.is_remote else None
-    parent = study_dir.uri.rstrip("/").rsplit("/", 1)[0]
+    parent, name = study_dir.uri.rstrip("/").rsplit("/", 1)
     storage_path = parent.removeprefix("s3://") if study_dir.is_remote else parent
     if study_dir.join("tuner.pkl").exists():
-        return restore_tuner(study_dir.path if study_dir.is_remote else study_dir.uri, trainable, fs,
-                             f"study '{study_dir.uri.rstrip('/').rsplit('/', 1)[1]}'")
+        return restore_tuner(study_dir, trainable, fs, f"study '{name}'")
     return tune.Tuner(
         trainable,
         param_space={"variant": tune.grid_search(list(study.variants)), "seed": tune.grid_search(list(study.seeds)),
                      "__study_dir": study_dir.uri, "__s3_endpoint": s3_endpoint},
         tune_config=tune.TuneConfig(metric=SCORE_KEY, mode="max", max_concurrent_trials=study.max_concurrent_trials),
-        run_config=tune.RunConfig(name=study_dir.uri.rstrip("/").rsplit("/", 1)[1], storage_path=storage_path,
+        run_config=tune.RunConfig(name=name, storage_path=storage_path,
                                   storage_filesystem=fs, verbose=0),
     )
 

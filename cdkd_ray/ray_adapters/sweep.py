@@ -101,7 +101,7 @@ def run_sweep(sweep: SweepConfig, data_uri: str, storage_uri: str, name: str, te
     trainable = tune.with_resources(_trial_fn, {"CPU": 0.01})
     fs = pyarrow_filesystem(storage) if storage.is_remote else None
     if resume:
-        tuner = restore_tuner(sweep_dir.path if storage.is_remote else sweep_dir.uri, trainable, fs, f"sweep '{name}'")
+        tuner = restore_tuner(sweep_dir, trainable, fs, f"sweep '{name}'")
     else:
         tuner = _new_tuner(trainable, sweep, experiment, base, name, storage.path if storage.is_remote else storage.uri,
                            fs)

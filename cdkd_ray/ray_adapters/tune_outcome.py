@@ -9,6 +9,7 @@ import sys
 import threading
 
 from cdkd_ray.core.errors import InterruptedRun
+from cdkd_ray.core.storage import Location
 
 
 def fit_or_refuse(tuner, what: str):
@@ -71,7 +72,7 @@ class _UnreportedTrials(logging.Filter):
         return False
 
 
-def restore_tuner(path: str, trainable, storage_filesystem, what: str):
+def restore_tuner(grid_dir: Location, trainable, storage_filesystem, what: str):
     """The interrupted grid's Tuner, unfinished and errored trials to run again, said in our words.
 
     Tune warns with a FileNotFoundError for each trial that had started but not reported before the
@@ -79,6 +80,7 @@ def restore_tuner(path: str, trainable, storage_filesystem, what: str):
     on stderr says that instead."""
     from ray import tune
 
+    path = grid_dir.path if grid_dir.is_remote else grid_dir.uri  # Tune takes an S3 path without its scheme
     logger, held = logging.getLogger(_ANALYSIS_LOGGER), _UnreportedTrials()
     logger.addFilter(held)
     try:
