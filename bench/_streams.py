@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import json
 import os
 import shutil
+import statistics
 import tempfile
+from typing import Callable
 
 
-def stream_arguments(doc: str, passes: int, rounds: int) -> argparse.Namespace:
-    """--images, --rows-per-file, --passes, --rounds and --json, checked."""
+def stream_arguments(doc: str, passes: int, rounds: int,
+                     more: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.Namespace:
+    """--images, --rows-per-file, --passes, --rounds and --json, checked; `more` adds a benchmark's own."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    if more:
+        more(parser)
     parser.add_argument("--images", type=int, default=1200)
     parser.add_argument("--rows-per-file", type=int, default=300, help="images per part (one task per part)")
     parser.add_argument("--passes", type=int, default=passes, help="reads of the parts per stream")
@@ -37,3 +43,25 @@ def synthetic_shards(images: int, rows_per_file: int, prefix: str) -> str:
     work = scratch_folder(prefix)
     return shard_coco_dir(make_synthetic(os.path.join(work, "synth"), images, 8, seed=0),
                           os.path.join(work, "shards"), rows_per_file=rows_per_file)
+
+
+def run_means(results: dict[str, dict[str, list[dict]]], keys: tuple[str, ...]) -> dict[str, dict[str, dict]]:
+    """{group: {side: [run, ...]}} -> {group: {side: {key: mean over the runs}}}."""
+    return {group: {side: {k: statistics.mean(run[k] for run in runs) for k in keys} for side, runs in sides.items()}
+            for group, sides in results.items()}
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table, as the README carries the benchmarks' results."""
+    lines = [header, ["---"] * len(header), *rows]
+    return "\n".join("| " + " | ".join(cells) + " |" for cells in lines)
+
+
+def print_report(results: dict[str, dict[str, list[dict]]], keys: tuple[str, ...], header: list[str],
+                 row: Callable[[str, str, dict, dict], list[str]], as_json: bool) -> None:
+    """The mean of each side's runs as a Markdown table (`row(group, side, mean, the group's means)`), then the
+    runs and means as one JSON line with --json."""
+    mean = run_means(results, keys)
+    print(markdown_table(header, [row(group, side, m, sides) for group, sides in mean.items() for side, m in sides.items()]))
+    if as_json:
+        print(json.dumps({"runs": results, "mean": mean}))

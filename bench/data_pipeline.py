@@ -3,7 +3,8 @@
 (a') our vectorised keypoint transform + target step  vs  (b') a straightforward reference that
 transforms and renders targets keypoint by keypoint, as the original SimpleBaseline code does;
 (a) our whole per-sample path (decode, augment, crop, targets)  vs  (b) the reference's;
-(c) Ray Data streaming from local shards  vs  (d) from an S3 endpoint (moto server on loopback) with\npyarrow's S3 client (the default) and (d') with s3fs; steady state, start-up reported apart.
+(c) Ray Data streaming from local shards  vs  (d) from an S3 endpoint (moto server on loopback) with
+pyarrow's S3 client (the default) and (d') with s3fs; steady state, start-up reported apart.
 
     python bench/data_pipeline.py [--images 600] [--epochs 4] [--json]
 """
@@ -17,6 +18,7 @@ import sys
 import time
 
 import numpy as np
+import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -28,6 +30,7 @@ from cdkd_ray.core.coco.synth import synth_split  # noqa: E402
 from cdkd_ray.core.data_config import DataConfig  # noqa: E402
 from cdkd_ray.core.instances import build_instances  # noqa: E402
 from cdkd_ray.core.keypoints import is_labelled_person  # noqa: E402
+from cdkd_ray.core.targets import batch_targets  # noqa: E402
 from cdkd_ray.core.shard_reader import iter_shard_rows  # noqa: E402
 from cdkd_ray.core.augment import sample_augment  # noqa: E402
 from cdkd_ray.core.geometry import box_to_center_scale, crop_affine  # noqa: E402
@@ -80,13 +83,19 @@ def reference_instances(rows: dict, cfg: DataConfig, rng: np.random.Generator) -
 
 
 def targets_vectorised(joints: np.ndarray, mats: np.ndarray, cfg: DataConfig) -> int:
-    """Only the keypoint transform + targets, batched."""
-    from cdkd_ray.core.codec import encode_heatmaps
+    """Only the keypoint transform + targets, batched (the targets rendered as the training step does, on the CPU)."""
     from cdkd_ray.core.geometry import apply_affine
 
-    crop = apply_affine(joints[..., :2], mats)
-    encode_heatmaps(crop, joints[..., 2], cfg.input_size, cfg.heatmap_size, cfg.sigma)
+    crop = np.concatenate([apply_affine(joints[..., :2], mats), joints[..., 2:]], -1)
+    batch_targets(torch.from_numpy(crop.astype(np.float32)), cfg)
     return len(joints)
+
+
+def instances_with_targets(rows: dict, cfg: DataConfig) -> int:
+    """Our whole per-sample path: build_instances, then the targets the training step renders from its joints."""
+    instances = build_instances(rows, cfg, True)
+    batch_targets(torch.from_numpy(instances["joints"]), cfg)
+    return len(instances["image_id"])
 
 
 def targets_reference(joints: np.ndarray, mats: np.ndarray, cfg: DataConfig) -> int:
@@ -135,7 +144,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     a_rates, b_rates = [], []
     for _ in range(2):
-        a_rates.append(time_local(rows_list, lambda r: len(build_instances(r, cfg, True)["image_id"]))[0])
+        a_rates.append(time_local(rows_list, lambda r: instances_with_targets(r, cfg))[0])
         b_rates.append(time_local(rows_list, lambda r: reference_instances(r, cfg, rng))[0])
     a, b = max(a_rates), max(b_rates)
 

@@ -28,7 +28,6 @@ from cdkd_ray.core.config import load_config  # noqa: E402
 from cdkd_ray.core.experiment import ExperimentConfig, RunKind, experiment_for  # noqa: E402
 from cdkd_ray.core.models.inference import normalize_images  # noqa: E402
 from cdkd_ray.core.models.pose_resnet import ModelConfig, PoseResNet, count_flops  # noqa: E402
-from cdkd_ray.core.models.strides import heatmap_size_for  # noqa: E402
 from cdkd_ray.core.training import new_session, train_step  # noqa: E402
 
 # Dense bf16/fp16 tensor-core peaks (TFLOP/s, no sparsity) of GPUs people train on.
@@ -44,11 +43,11 @@ def peak_tflops(device: torch.device) -> float | None:
 
 
 def synthetic_batch(batch: int, input_size: tuple[int, int], device: torch.device) -> dict:
-    h, w = heatmap_size_for(input_size)
+    """Random crops and joints (inside the crop, all labelled), as the data path delivers them."""
     g = torch.Generator().manual_seed(0)
+    xy = torch.rand(batch, 17, 2, generator=g) * torch.tensor([input_size[1], input_size[0]])
     return {"image": torch.randint(0, 256, (batch, 3, *input_size), dtype=torch.uint8, generator=g).to(device),
-            "target": torch.rand(batch, 17, h, w, generator=g).to(device) * 0.1,
-            "target_weight": torch.ones(batch, 17).to(device)}
+            "joints": torch.cat([xy, torch.full((batch, 17, 1), 2.0)], -1).to(device)}
 
 
 def sync(device: torch.device) -> None:

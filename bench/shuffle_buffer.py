@@ -14,15 +14,16 @@ Data's iterator threads, its streaming executor, the buffer). Ratios are against
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import statistics
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _streams import stream_arguments, synthetic_shards  # noqa: E402
+from _streams import print_report, stream_arguments, synthetic_shards  # noqa: E402
 from torchrun_vs_ray import BASE, experiment  # noqa: E402
+
+
+RAYS = "Ray's buffer"
 
 
 def consumers(cfg) -> dict:
@@ -30,7 +31,7 @@ def consumers(cfg) -> dict:
 
     size, buffer = cfg.train.batch_size, cfg.data.shuffle_buffer
     return {
-        "Ray's buffer": lambda ds, epoch: ds.iter_torch_batches(
+        RAYS: lambda ds, epoch: ds.iter_torch_batches(
             batch_size=size, drop_last=True, local_shuffle_buffer_size=buffer,
             local_shuffle_seed=shuffle_seed(cfg.data.seed, epoch, 0)),
         "core buffer": lambda ds, epoch: train_batches(ds, cfg, epoch),
@@ -78,17 +79,12 @@ def main() -> None:
     ensure_ray()
     results = measure(shards, args.passes, args.rounds)
     ray.shutdown()
-    mean = {path: {side: {k: statistics.mean(r[k] for r in runs) for k in ("samples_per_s", "cpu_s_per_1000")}
-                   for side, runs in sides.items()} for path, sides in results.items()}
-    print("| path | consumer | samples/s | vs Ray's buffer | CPU-s per 1,000 samples | vs Ray's buffer |\n"
-          "| --- | --- | --- | --- | --- | --- |")
-    for path, sides in mean.items():
-        ray_side = sides["Ray's buffer"]
-        for side, m in sides.items():
-            print(f"| {path} | {side} | {m['samples_per_s']:.1f} | {m['samples_per_s'] / ray_side['samples_per_s']:.2f}x "
-                  f"| {m['cpu_s_per_1000']:.3f} | {m['cpu_s_per_1000'] / ray_side['cpu_s_per_1000']:.2f}x |")
-    if args.json:
-        print(json.dumps({"runs": results, "mean": mean}))
+    print_report(results, ("samples_per_s", "cpu_s_per_1000"),
+                 ["path", "consumer", "samples/s", "vs Ray's buffer", "CPU-s per 1,000 samples", "vs Ray's buffer"],
+                 lambda path, side, m, sides: [
+                     path, side, f"{m['samples_per_s']:.1f}", f"{m['samples_per_s'] / sides[RAYS]['samples_per_s']:.2f}x",
+                     f"{m['cpu_s_per_1000']:.3f}", f"{m['cpu_s_per_1000'] / sides[RAYS]['cpu_s_per_1000']:.2f}x"],
+                 args.json)
 
 
 if __name__ == "__main__":

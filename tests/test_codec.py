@@ -1,8 +1,12 @@
 import numpy as np
 import pytest
+import torch
 
+from bench.data_pipeline import reference_target
+from cdkd_ray.core.data_config import DataConfig
 from cdkd_ray.core.keypoints import FLIP_PAIRS
-from cdkd_ray.core.codec import crop_to_image, decode_heatmaps, encode_heatmaps, flip_back, heatmap_to_input
+from cdkd_ray.core.codec import crop_to_image, decode_heatmaps, flip_back, heatmap_to_input
+from cdkd_ray.core.targets import encode_heatmaps
 from cdkd_ray.core.augment import flip_joints_order, half_body_center_scale
 from cdkd_ray.core.geometry import apply_affine, box_to_center_scale, crop_affine
 
@@ -15,11 +19,17 @@ def random_people(rng, n=64):
     return boxes.astype(np.float32), joints.astype(np.float32)
 
 
+def encode(joints, visible, input_size, heatmap_size, sigma, subpixel=False):
+    """The core's torch targets from numpy joints [N,K,2] and flags [N,K], as numpy."""
+    stacked = np.concatenate([joints, np.asarray(visible, np.float32)[..., None]], -1).astype(np.float32)
+    return tuple(t.numpy() for t in encode_heatmaps(torch.from_numpy(stacked), input_size, heatmap_size, sigma, subpixel))
+
+
 def round_trip(joints, boxes, method, subpixel, sigma=2.0):
     center, scale = box_to_center_scale(boxes, IN[1] / IN[0])
     mat = crop_affine(center, scale, np.zeros(len(boxes)), IN)
     crop = apply_affine(joints, mat)
-    target, weight = encode_heatmaps(crop, np.ones(crop.shape[:2]), IN, HM, sigma, subpixel)
+    target, weight = encode(crop, np.ones(crop.shape[:2]), IN, HM, sigma, subpixel)
     coords, _ = decode_heatmaps(target, method)
     back = crop_to_image(heatmap_to_input(coords, IN, HM), center, scale, IN)
     # error measured in input-crop pixels
@@ -46,11 +56,27 @@ def test_round_trip_argmax_within_quantisation():
 def test_targets_peak_one_and_weights_zero_off_map():
     joints = np.array([[[10.0, 20.0], [-40.0, 5.0], [100.0, 300.0], [50.0, 60.0]]], np.float32)
     vis = np.array([[2, 2, 2, 0]])
-    target, weight = encode_heatmaps(joints, vis, IN, HM, 2.0)
+    target, weight = encode(joints, vis, IN, HM, 2.0)
     assert weight.tolist() == [[1, 0, 0, 0]]
     assert target[0, 0].max() == pytest.approx(1.0)
     assert np.unravel_index(target[0, 0].argmax(), HM) == (5, 3)  # (20/4, 10/4 rounded half up)
     assert target[0, 1:].max() == 0
+
+
+@pytest.mark.parametrize("sigma,input_size", [(2.0, (256, 192)), (1.0, (128, 96)), (3.0, (384, 288))])  # 3 sigma whole, as SimpleBaseline needs
+def test_targets_equal_simplebaselines_keypoint_by_keypoint_rendering(sigma, input_size):
+    """The step's dense rendering is SimpleBaseline's: a 3-sigma window at the nearest pixel, cut at the edges."""
+    cfg = DataConfig(input_size=input_size, heatmap_size=(input_size[0] // 4, input_size[1] // 4), sigma=sigma)
+    rng = np.random.default_rng(3)
+    n, (h, w) = 24, input_size
+    # left of and above the crop SimpleBaseline's int() rounds towards zero where we round half up: not compared
+    joints = np.concatenate([rng.uniform(0, 1.3, (n, 17, 2)) * [w, h], rng.integers(0, 3, (n, 17, 1))], -1)
+    target, weight = encode(joints[..., :2], joints[..., 2], input_size, cfg.heatmap_size, sigma)
+    identity = np.array([[1, 0, 0], [0, 1, 0]], np.float32)  # the joints are in crop pixels already
+    reference = np.stack([reference_target(j.astype(np.float32), identity, cfg) for j in joints])
+    np.testing.assert_allclose(target, reference, atol=1e-6)
+    assert (weight == (reference.reshape(n, 17, -1).max(-1) > 0)).all()
+    assert 0 < weight.mean() < 1  # some joints unlabelled or off the map, most not
 
 
 def test_flip_twice_is_identity_and_pairs_swap():

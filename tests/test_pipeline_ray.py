@@ -15,8 +15,8 @@ CFG = DataConfig(input_size=(128, 96), heatmap_size=(32, 24), sigma=1.0, images_
 def check_batch(batch, cfg=CFG):
     n = len(batch["image_id"])
     assert batch["image"].shape == (n, 3, *cfg.input_size) and batch["image"].dtype == np.uint8
-    assert batch["target"].shape == (n, 17, *cfg.heatmap_size) and batch["target"].dtype == np.float32
-    assert batch["target_weight"].shape == (n, 17)
+    assert batch["joints"].shape == (n, 17, 3) and batch["joints"].dtype == np.float32
+    assert "target" not in batch  # the training step renders the targets from the joints
     assert batch["center"].shape == (n, 2) and batch["scale"].shape == (n, 2) and batch["score"].shape == (n,)
 
 
@@ -37,7 +37,7 @@ def test_local_and_s3_shards_yield_the_same_instances(ray_session, synth_dir, sy
     assert len(local) == len(remote) == count_instances(doc)
     key = lambda r: (r["image_id"], tuple(r["center"]))  # noqa: E731
     for a, b in zip(sorted(local, key=key), sorted(remote, key=key)):
-        assert np.array_equal(a["image"], b["image"]) and np.array_equal(a["target"], b["target"])
+        assert np.array_equal(a["image"], b["image"]) and np.array_equal(a["joints"], b["joints"])
     batch = next(iter(build_dataset(uri, "val", CFG).iter_batches(batch_size=8, batch_format="numpy")))
     check_batch(batch)
 

@@ -20,10 +20,10 @@ def test_instance_dataset_has_every_labelled_person_and_loads_with_a_shuffling_d
     item = dataset[0]
     h, w = cfg.data.input_size
     assert item["image"].shape == (3, h, w) and item["image"].dtype == torch.uint8
-    assert item["target"].shape == (17, *cfg.data.heatmap_size) and item["target_weight"].shape == (17,)
+    assert item["joints"].shape == (17, 3) and item["joints"].dtype == torch.float32
     loader = torch.utils.data.DataLoader(dataset, batch_size=4, shuffle=True, drop_last=True,
                                          generator=torch.Generator().manual_seed(0))
     epochs = [[tuple(b["image_id"].tolist()) for b in loader] for _ in range(2)]
     assert epochs[0] != epochs[1] and len(epochs[0]) == len(dataset) // 4
     dataset.set_epoch(1)  # the augmentation is reseeded by epoch
-    assert not torch.equal(dataset[0]["image"], item["image"]) or not torch.equal(dataset[0]["target"], item["target"])
+    assert not torch.equal(dataset[0]["image"], item["image"]) or not torch.equal(dataset[0]["joints"], item["joints"])

@@ -103,7 +103,7 @@ def test_persistent_teachers_label_a_block_in_order_across_actors_as_one_teacher
     cfg = tiny("teacher.placement=pool", "teacher.pool_max=2", "teacher.batch_size=4")
     rng = np.random.default_rng(0)
     block = {"image": rng.integers(0, 256, (10, 3, 128, 96), dtype=np.uint8),
-             "target": np.zeros((10, 17, 32, 24), np.float32), "image_id": np.arange(10)}
+             "joints": np.zeros((10, 17, 3), np.float32), "image_id": np.arange(10)}
     servers = start_teacher_servers(cfg, teacher_file)
     try:
         labelled = ray.get(ray.remote(label_block).remote(block, servers.actors, servers.ready, 4, 60.0))
@@ -128,7 +128,7 @@ def test_teacher_actors_that_cannot_read_the_checkpoint_fail_the_block_with_a_re
     from cdkd_ray.ray_adapters.teacher_servers import label_block, start_teacher_servers, stop_teacher_servers
 
     servers = start_teacher_servers(tiny("teacher.placement=pool"), str(tmp_path / "only-on-the-head.pth"))
-    block = {"image": np.zeros((2, 3, 128, 96), np.uint8), "target": np.zeros((2, 17, 32, 24), np.float32)}
+    block = {"image": np.zeros((2, 3, 128, 96), np.uint8), "joints": np.zeros((2, 17, 3), np.float32)}
     try:
         with pytest.raises(CdkdError, match=r"no teacher actor could load the teacher.*readable from every node"):
             try:

@@ -1,4 +1,4 @@
-"""Heatmap codec: Gaussian targets, argmax(+quarter)/DARK decoding, flip-test helpers.
+"""Heatmap codec: argmax(+quarter)/DARK decoding, flip-test helpers (the Gaussian targets: core.targets).
 
 Heatmap pixel j sits at input pixel j * stride (stride = input / heatmap size), the convention
 of SimpleBaseline; every function here is vectorised over batch and keypoints.
@@ -12,53 +12,6 @@ from cdkd_ray.core.geometry import apply_affine, crop_affine, invert_affine
 from cdkd_ray.core.keypoints import FLIP_INDEX
 
 DECODE_METHODS = ("argmax", "dark")
-
-
-def encode_heatmaps(joints: np.ndarray, visible: np.ndarray, input_size: tuple[int, int],
-                    heatmap_size: tuple[int, int], sigma: float, subpixel: bool = False
-                    ) -> tuple[np.ndarray, np.ndarray]:
-    """Gaussian targets [N,K,h,w] (peak 1) and target weights [N,K].
-
-    joints: [N,K,2] in input-crop pixels; visible: [N,K] labelled flags. The Gaussian is cut to a
-    window of +-3 sigma; its centre is the nearest heatmap pixel (SimpleBaseline) or, with
-    `subpixel`, the exact position (unbiased, best with DARK decoding). The weight is 0 for
-    unlabelled joints and for Gaussians entirely outside the heatmap.
-    """
-    in_h, in_w = input_size
-    h, w = heatmap_size
-    n, k = joints.shape[:2]
-    stride = np.array([in_w / w, in_h / h], np.float32)
-    mu = joints.astype(np.float32) / stride
-    if not subpixel:
-        mu = np.floor(mu + 0.5)
-    radius = 3 * sigma
-    ul = np.floor(mu - radius)
-    br = np.floor(mu + radius + 1)
-    inside = (ul[..., 0] < w) & (ul[..., 1] < h) & (br[..., 0] >= 0) & (br[..., 1] >= 0)
-    weight = ((visible > 0) & inside).astype(np.float32)
-    target = np.zeros((n, k, h, w), np.float32)
-    nk = np.nonzero(weight.reshape(-1))[0]
-    if nk.size == 0:
-        return target, weight
-    # Scatter only the (2r+1)^2 window around each peak: separable Gaussian, no dense pass.
-    half = int(np.ceil(radius))
-    offsets = np.arange(-half, half + 1)
-    centre = np.floor(mu.reshape(-1, 2)[nk] + 0.5).astype(np.int64)  # [M,2]
-    xs = centre[:, 0:1] + offsets  # [M,S]
-    ys = centre[:, 1:2] + offsets
-    mu_m = mu.reshape(-1, 2)[nk]
-    dx = xs - mu_m[:, 0:1]
-    dy = ys - mu_m[:, 1:2]
-    gx = np.exp(-dx ** 2 / (2 * sigma ** 2)) * (np.abs(dx) <= radius) * ((xs >= 0) & (xs < w))
-    gy = np.exp(-dy ** 2 / (2 * sigma ** 2)) * (np.abs(dy) <= radius) * ((ys >= 0) & (ys < h))
-    values = (gy[:, :, None] * gx[:, None, :]).astype(np.float32)  # [M,S,S]
-    flat = target.reshape(n * k, h, w)
-    yy = np.clip(ys, 0, h - 1)[:, :, None]
-    xx = np.clip(xs, 0, w - 1)[:, None, :]
-    valid = values > 0
-    rows = np.broadcast_to(nk[:, None, None], values.shape)
-    flat[rows[valid], np.broadcast_to(yy, values.shape)[valid], np.broadcast_to(xx, values.shape)[valid]] = values[valid]
-    return target, weight
 
 
 def _argmax(heatmaps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

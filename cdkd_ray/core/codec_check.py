@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from cdkd_ray.core.data_config import DataConfig
@@ -10,6 +11,7 @@ from cdkd_ray.core.codec import heatmaps_to_keypoints
 from cdkd_ray.core.instances import build_instances, load_detections
 from cdkd_ray.core.shard_reader import iter_shard_rows, load_split_annotations
 from cdkd_ray.core.evaluation import evaluate_keypoints, predictions_to_results
+from cdkd_ray.core.targets import batch_targets
 
 
 def codec_check(uri: str, split: str, cfg: DataConfig, boxes_file: str | None = None,
@@ -22,7 +24,8 @@ def codec_check(uri: str, split: str, cfg: DataConfig, boxes_file: str | None = 
         inst = build_instances(rows, cfg, train=False, detections=detections, match_gt=True)
         if not len(inst["image_id"]):
             continue
-        kpts, scores = heatmaps_to_keypoints(inst["target"], inst["center"], inst["scale"], cfg.input_size, cfg.decode)
+        target = batch_targets(torch.from_numpy(inst["joints"]), cfg)[0].numpy()
+        kpts, scores = heatmaps_to_keypoints(target, inst["center"], inst["scale"], cfg.input_size, cfg.decode)
         for key, value in (("keypoints", kpts), ("scores", scores), ("image_id", inst["image_id"]),
                            ("box_score", inst["score"]), ("area", inst["area"])):
             parts[key].append(value)

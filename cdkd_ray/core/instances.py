@@ -1,4 +1,4 @@
-"""Image rows -> top-down person instances: decode, choose boxes, augment, crop, targets.
+"""Image rows -> top-down person instances: decode, choose boxes, augment, crop; joints in crop pixels.
 
 One function does the whole per-batch job so that Ray Data (map_batches), the `show` and
 `codec-check` commands and the benchmarks share exactly one code path.
@@ -18,7 +18,6 @@ import numpy as np
 from cdkd_ray.core.coco.images import decode_bgr
 from cdkd_ray.core.keypoints import NUM_KEYPOINTS, is_labelled_person
 from cdkd_ray.core.data_config import DataConfig
-from cdkd_ray.core.codec import encode_heatmaps
 from cdkd_ray.core.augment import flip_joints_order, half_body_center_scale, sample_augment
 from cdkd_ray.core.geometry import apply_affine, box_to_center_scale, crop_affine, warp_crops
 from cdkd_ray.core.errors import DataValidationError
@@ -28,10 +27,8 @@ log = logging.getLogger("cdkd_ray.data")
 
 def empty_instances(cfg: DataConfig) -> dict[str, np.ndarray]:
     h, w = cfg.input_size
-    hh, hw = cfg.heatmap_size
     return {
-        "image": np.zeros((0, 3, h, w), np.uint8), "target": np.zeros((0, NUM_KEYPOINTS, hh, hw), np.float32),
-        "target_weight": np.zeros((0, NUM_KEYPOINTS), np.float32), "joints": np.zeros((0, NUM_KEYPOINTS, 3), np.float32),
+        "image": np.zeros((0, 3, h, w), np.uint8), "joints": np.zeros((0, NUM_KEYPOINTS, 3), np.float32),
         "image_id": np.zeros(0, np.int64), "center": np.zeros((0, 2), np.float32), "scale": np.zeros((0, 2), np.float32),
         "score": np.zeros(0, np.float32), "area": np.zeros(0, np.float32),
     }
@@ -188,10 +185,7 @@ def build_instances(rows: dict, cfg: DataConfig, train: bool, epoch: int = 0,
     crops = warp_crops(people.images, image_index, mat, cfg.input_size)
     crop_joints = np.concatenate([apply_affine(joints[..., :2], mat), joints[..., 2:]], -1).astype(np.float32)
     crop_joints = flip_joints_order(crop_joints, flip)
-    target, weight = encode_heatmaps(crop_joints[..., :2], crop_joints[..., 2], cfg.input_size,
-                                     cfg.heatmap_size, cfg.sigma, cfg.subpixel_targets)
-    return {"image": np.ascontiguousarray(crops.transpose(0, 3, 1, 2)), "target": target, "target_weight": weight,
-            "joints": crop_joints, "image_id": image_ids, "center": center.astype(np.float32),
+    return {"image": np.ascontiguousarray(crops.transpose(0, 3, 1, 2)), "joints": crop_joints, "image_id": image_ids, "center": center.astype(np.float32),
             "scale": scale.astype(np.float32), "score": np.concatenate(people.scores).astype(np.float32),
             "area": (scale[:, 0] * scale[:, 1]).astype(np.float32)}
 

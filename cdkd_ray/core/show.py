@@ -6,11 +6,13 @@ import os
 
 import cv2
 import numpy as np
+import torch
 
 from cdkd_ray.core.data_config import DataConfig
 from cdkd_ray.core.instances import build_instances
 from cdkd_ray.core.shard_reader import iter_shard_rows
 from cdkd_ray.core.errors import CdkdError
+from cdkd_ray.core.targets import batch_targets
 from cdkd_ray.core.viz import crop_with_heatmaps, grid
 
 
@@ -20,8 +22,9 @@ def show_instances(uri: str, split: str, cfg: DataConfig, count: int, out_path: 
     tiles: list[np.ndarray] = []
     for rows in iter_shard_rows(uri, split, cfg.images_per_block, s3_endpoint):
         inst = build_instances(rows, cfg, train=(split == "train"), epoch=epoch)
+        targets = batch_targets(torch.from_numpy(inst["joints"]), cfg)[0].numpy()
         for i in range(len(inst["image_id"])):
-            tiles.append(crop_with_heatmaps(inst["image"][i], inst["target"][i], inst["joints"][i]))
+            tiles.append(crop_with_heatmaps(inst["image"][i], targets[i], inst["joints"][i]))
             if len(tiles) >= count:
                 break
         if len(tiles) >= count:

@@ -1,8 +1,9 @@
 """The training step, epoch and evaluation, on any iterable of batches, on CPU or CUDA, with AMP. No Ray.
 
-A batch is a dict of tensors per the training-batch contract: `image` uint8 [N,3,H,W] RGB, `target`
-[N,K,h,w], `target_weight` [N,K], and for distillation with the teacher outside the step
-`teacher_heatmaps`/`teacher_features`; `image_id`, `center`, `scale` identify the crops. The Ray Train
+A batch is a dict of tensors per the training-batch contract: `image` uint8 [N,3,H,W] RGB, `joints`
+[N,K,3] (x, y in crop pixels, labelled flag; the step renders the heatmap targets from them on its
+device), and for distillation with the teacher outside the step `teacher_heatmaps`/`teacher_features`;
+`image_id`, `center`, `scale` identify the crops. The Ray Train
 worker feeds it Ray Data shards; benchmarks and tests feed it plain iterables.
 """
 
@@ -27,6 +28,7 @@ from cdkd_ray.core.models.inference import normalize_images, predict_heatmaps
 from cdkd_ray.core.models.pose_resnet import PoseResNet
 from cdkd_ray.core.selection import EPOCHS_KEY, SCORE_KEY, selection_score
 from cdkd_ray.core.shuffle_buffer import shuffled_batches
+from cdkd_ray.core.targets import batch_targets
 from cdkd_ray.core.teacher import Teacher
 
 TRAINER_STATE_VERSION = 1
@@ -111,7 +113,7 @@ def train_step(session: TrainingSession, batch: dict, epoch: int) -> dict[str, f
     """One optimiser step on one batch; returns the loss terms (floats)."""
     cfg, device = session.cfg, session.device
     images = batch["image"].to(device)
-    target, weight = batch["target"].to(device), batch["target_weight"].to(device)
+    target, weight = batch_targets(batch["joints"].to(device), cfg.data)
     t_heat = t_feat = None
     if session.kind.distills:
         if session.teacher is not None:
@@ -183,7 +185,7 @@ def evaluate(model: torch.nn.Module, cfg: ExperimentConfig, batches: Iterable[di
 
     `val_loss_gt` is the heatmap MSE of the plain (un-flipped) forward, the same measure as the training
     `loss_gt`, so the two show when a model starts to over-fit; it is left out when val batches carry no
-    targets or come from detections.
+    joints or come from detections.
     """
     from cdkd_ray.core.evaluation import evaluate_keypoints, predictions_to_results  # pycocotools: only to evaluate
 
@@ -195,8 +197,8 @@ def evaluate(model: torch.nn.Module, cfg: ExperimentConfig, batches: Iterable[di
             continue
         plain, heatmaps = predict_heatmaps(model, batch["image"].to(device), cfg.model.channel_order,
                                            cfg.data.flip_test, with_plain=True)
-        if "target" in batch and not cfg.data.detections:
-            loss = heatmap_mse(plain, batch["target"].to(device).float(), batch["target_weight"].to(device).float())
+        if "joints" in batch and not cfg.data.detections:
+            loss = heatmap_mse(plain, *batch_targets(batch["joints"].to(device), cfg.data))
             loss_sum, loss_count = loss_sum + float(loss) * len(plain), loss_count + len(plain)
         kpts, scores = heatmaps_to_keypoints(heatmaps.cpu().numpy(), batch["center"].numpy(), batch["scale"].numpy(),
                                              cfg.data.input_size, cfg.data.decode)

@@ -171,7 +171,7 @@ class TeacherStage:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if len(batch["image"]) == 0:
-            batch["teacher_heatmaps"] = np.zeros((0, *batch["target"].shape[1:]), np.float16)
+            batch["teacher_heatmaps"] = np.zeros((0, batch["joints"].shape[1], 1, 1), np.float16)
             batch["teacher_features"] = np.zeros((0, 1, 1, 1), np.float16)
             return batch
         import torch
