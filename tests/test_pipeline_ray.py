@@ -1,3 +1,4 @@
+import contextlib
 from collections import Counter
 
 import numpy as np
@@ -117,22 +118,30 @@ def _batch_images(shards: str, cfg, epochs: int = 2) -> list[list[tuple]]:
     return [[tuple(sorted(b["image_id"].tolist())) for b in train_batches(ds, cfg, epoch)] for epoch in range(epochs)]
 
 
-@pytest.mark.timeout(300)
-def test_instances_are_shuffled_across_images_differently_each_epoch_and_repeatably(ray_session, synth_shards):
+@contextlib.contextmanager
+def blocks_in_order():
+    """Datasets made inside yield their blocks in order. Two decode tasks run at once, and the shuffle buffer
+    takes blocks as they come, so which task finishes first (the machine's load) would change the batches."""
     import ray.data
-
-    from cdkd_ray.core.config import load_config
-    from cdkd_ray.core.experiment import ExperimentConfig
 
     ctx = ray.data.DataContext.get_current()
     saved, ctx.execution_options.preserve_order = ctx.execution_options.preserve_order, True
     try:
+        yield
+    finally:
+        ctx.execution_options.preserve_order = saved
+
+
+@pytest.mark.timeout(300)
+def test_instances_are_shuffled_across_images_differently_each_epoch_and_repeatably(ray_session, synth_shards):
+    from cdkd_ray.core.config import load_config
+    from cdkd_ray.core.experiment import ExperimentConfig
+
+    with blocks_in_order():
         cfg = lambda *o: load_config(ExperimentConfig, "tiny", ["train.batch_size=4", *o])  # noqa: E731
         shuffled, again = _batch_images(synth_shards, cfg()), _batch_images(synth_shards, cfg())
         other_seed = _batch_images(synth_shards, cfg("data.seed=1"))
         plain = _batch_images(synth_shards, cfg("data.shuffle_buffer=0"))
-    finally:
-        ctx.execution_options.preserve_order = saved
     assert shuffled == again  # the same seed gives the same batches, epoch by epoch
     assert shuffled[0] != shuffled[1] and shuffled[0] != other_seed[0]  # each epoch (and seed) draws anew
     first, second = Counter(sum(shuffled[0], ())), Counter(sum(shuffled[1], ()))
@@ -168,8 +177,9 @@ def test_a_lone_workers_unsplit_stream_is_the_one_way_split_and_new_every_epoch(
     assert data_config(1)._datasets_to_split == [] and data_config(2)._datasets_to_split == ["train"]
     cfg = load_config(ExperimentConfig, "tiny", ["train.batch_size=4"])
     fresh = lambda: build_dataset(synth_shards, "train", cfg.data, shuffle_files=True)  # noqa: E731
-    unsplit = _crops_per_epoch(fresh().iterator(), cfg)
-    assert unsplit == _crops_per_epoch(fresh().streaming_split(1, equal=True)[0], cfg)
+    with blocks_in_order():  # it failed once in CI without: the blocks came in another order
+        unsplit = _crops_per_epoch(fresh().iterator(), cfg)
+        assert unsplit == _crops_per_epoch(fresh().streaming_split(1, equal=True)[0], cfg)
     assert len({tuple(epoch) for epoch in unsplit}) == 3
 
 
