@@ -11,6 +11,7 @@ import numpy as np
 from cdkd_ray.core.bad_images import BadImageRecord
 from cdkd_ray.core.data_config import DataConfig
 from cdkd_ray.core.instances import build_instances, load_detections, rows_from_arrow
+from cdkd_ray.core.keypoints import NUM_KEYPOINTS
 from cdkd_ray.core.shards import shard_files
 from cdkd_ray.core.storage import arrow_s3_filesystem
 
@@ -166,20 +167,22 @@ class TeacherStage:
         """Resolves once the teacher is loaded (a persistent actor's first answer)."""
         return True
 
-    def label(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return self(batch)
+    def label(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """The teacher's fp16 `teacher_heatmaps` and `teacher_features` of uint8 crops [N,3,H,W].
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if len(batch["image"]) == 0:
-            batch["teacher_heatmaps"] = np.zeros((0, batch["joints"].shape[1], 1, 1), np.float16)
-            batch["teacher_features"] = np.zeros((0, 1, 1, 1), np.float16)
-            return batch
+        A persistent teacher actor is sent only the crops and sends back only these two: the rest of a
+        block (and the crops) need not go through the object store to the actor and back.
+        """
+        if len(images) == 0:
+            return {"teacher_heatmaps": np.zeros((0, NUM_KEYPOINTS, 1, 1), np.float16),
+                    "teacher_features": np.zeros((0, 1, 1, 1), np.float16)}
         import torch
 
-        heatmaps, feature = self.teacher.infer(torch.from_numpy(np.ascontiguousarray(batch["image"])))
-        batch["teacher_heatmaps"] = heatmaps.cpu().numpy()
-        batch["teacher_features"] = feature.cpu().numpy()
-        return batch
+        heatmaps, feature = self.teacher.infer(torch.from_numpy(np.ascontiguousarray(images)))
+        return {"teacher_heatmaps": heatmaps.cpu().numpy(), "teacher_features": feature.cpu().numpy()}
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {**batch, **self.label(batch["image"])}
 
 
 def teacher_stage_kwargs(cfg: ExperimentConfig, teacher_checkpoint: str) -> dict:

@@ -89,11 +89,12 @@ def label_block(batch: dict[str, np.ndarray], actors: list, ready: list, batch_s
     import ray
 
     up = _up(actors, ready, wait_s)
-    rows = len(batch["image"])
-    chunks = [{k: v[i:i + batch_size] for k, v in batch.items()} for i in range(0, max(rows, 1), batch_size)]
+    images = batch["image"]  # only the crops travel to the actors, only the teacher's outputs come back
+    starts = range(0, max(len(images), 1), batch_size)
     first = random.randrange(len(up))
-    outputs = ray.get([up[(first + i) % len(up)].label.remote(chunk) for i, chunk in enumerate(chunks)])
-    return {k: np.concatenate([out[k] for out in outputs]) for k in outputs[0]}
+    outputs = ray.get([up[(first + i) % len(up)].label.remote(images[start:start + batch_size])
+                       for i, start in enumerate(starts)])
+    return {**batch, **{k: np.concatenate([out[k] for out in outputs]) for k in outputs[0]}}
 
 
 def with_teacher_servers(train_ds, cfg: ExperimentConfig, servers: TeacherServers):
