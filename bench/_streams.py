@@ -29,6 +29,25 @@ def stream_arguments(doc: str, passes: int, rounds: int,
     return args
 
 
+def input_size(text: str) -> tuple[int, int]:
+    """'256x192' -> (256, 192): a crop's height and width, multiples of 32 as the models need (argparse type)."""
+    hw = text.split("x")
+    if len(hw) != 2 or not all(v.isdigit() and int(v) > 0 and int(v) % 32 == 0 for v in hw):
+        raise argparse.ArgumentTypeError(f"{text!r}: give HxW, both multiples of 32 (256x192)")
+    return int(hw[0]), int(hw[1])
+
+
+def input_sizes(text: str) -> list[tuple[int, int]]:
+    """'256x192,96x64' -> [(256, 192), (96, 64)] (argparse type)."""
+    return [input_size(size) for size in text.split(",")]
+
+
+def size_overrides(size: tuple[int, int]) -> list[str]:
+    """The data.* overrides of a crop size: heatmaps a quarter of it, sigma 2 (1.5 below 128 px high)."""
+    h, w = size
+    return [f"data.input_size=[{h},{w}]", f"data.heatmap_size=[{h // 4},{w // 4}]", f"data.sigma={2.0 if h >= 128 else 1.5}"]
+
+
 def scratch_folder(prefix: str) -> str:
     """A new temp folder, removed when the benchmark's process exits (shards, runs and teachers: up to GBs)."""
     work = tempfile.mkdtemp(prefix=prefix)

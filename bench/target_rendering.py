@@ -15,14 +15,13 @@ the stream delivers, and the ratios of the joints side to the targets side.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _streams import print_report, stream_arguments, synthetic_shards  # noqa: E402
+from _streams import input_sizes, print_report, size_overrides, stream_arguments, synthetic_shards  # noqa: E402
 from torchrun_vs_ray import BASE, experiment  # noqa: E402
 
 SIDES = ("targets in the stream", "joints in the stream")
@@ -70,16 +69,12 @@ def consume(batches, cfg, render: bool) -> dict:
             "bytes_per_sample": round(size / max(n, 1))}
 
 
-def config_for(input_size: tuple[int, int]):
-    """The benchmarks' tiny experiment at `input_size` (heatmaps a quarter of it, sigma 2, or 1.5 below 128 px)."""
+def config_for(size: tuple[int, int]):
+    """The benchmarks' tiny experiment at crop size `size`."""
     from cdkd_ray.core.config import load_config
     from cdkd_ray.core.experiment import ExperimentConfig
 
-    h, w = input_size
-    sigma = 2.0 if h >= 128 else 1.5
-    data = load_config(ExperimentConfig, "synth-cpu", [*BASE, f"data.input_size=[{h},{w}]",
-                                                       f"data.heatmap_size=[{h // 4},{w // 4}]",
-                                                       f"data.sigma={sigma}"]).data
+    data = load_config(ExperimentConfig, "synth-cpu", [*BASE, *size_overrides(size)]).data
     return dataclasses.replace(experiment(1, 1), data=data)
 
 
@@ -104,14 +99,6 @@ def table_row(size: str, side: str, m: dict, sides: dict) -> list[str]:
     ratio = m["samples_per_s"] / sides[SIDES[0]]["samples_per_s"]
     return [size, side, f"{m['samples_per_s']:.1f}", f"{ratio:.2f}x", f"{m['cpu_s_per_1000']:.3f}",
             f"{m['bytes_per_sample']:,.0f}"]
-
-
-def input_sizes(text: str) -> list[tuple[int, int]]:
-    """'256x192,96x64' -> [(256, 192), (96, 64)]: heights and widths, multiples of 32 as the models need."""
-    sizes = [size.split("x") for size in text.split(",")]
-    if not all(len(hw) == 2 and all(v.isdigit() and int(v) > 0 and int(v) % 32 == 0 for v in hw) for hw in sizes):
-        raise argparse.ArgumentTypeError(f"{text!r}: give HxW sizes, multiples of 32, comma-separated (256x192,96x64)")
-    return [(int(h), int(w)) for h, w in sizes]
 
 
 def main() -> None:

@@ -1,9 +1,9 @@
 """What does Ray cost? Ray Train + Ray Data against torchrun + DataLoader, side by side in one run.
 
     python bench/torchrun_vs_ray.py [--images 600] [--epochs 3] [--passes 32] [--rounds 2] [--json]
-                                    [--rows-per-file 50] [--big-part-rows N]
+                                    [--rows-per-file 50] [--big-part-rows N] [--input-size 96x64]
 
-Both sides read the same shards, run the same decode/augment/target code (`build_instances`), the same
+Both sides read the same shards, run the same decode/augment code (`build_instances`), the same
 model and the same training step (the core's `fit_epoch`), at 1 and 2 workers with the same global batch
 and the same CPU budget (all cores of this machine: 1 worker gets them all, 2 workers half each; the
 DataLoader gets as many processes per rank as the rank has cores, Ray Data schedules its own tasks).
@@ -34,15 +34,19 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from bench._streams import scratch_folder  # noqa: E402
+from bench._streams import input_size, scratch_folder, size_overrides  # noqa: E402
 
 from cdkd_ray.core.config import load_config  # noqa: E402
 from cdkd_ray.core.experiment import ExperimentConfig  # noqa: E402
 
-BASE = ["data.input_size=[96,64]", "data.heatmap_size=[24,16]", "data.sigma=1.5", "distill.enabled=false",
-        "train.lr_steps=[100]", "train.val_every=100"]
+BASE = [*size_overrides((96, 64)), "distill.enabled=false", "train.lr_steps=[100]", "train.val_every=100"]
 GLOBAL_BATCH = 16
 CORES = os.cpu_count() or 2
+
+
+def use_input_size(size: tuple[int, int]) -> None:
+    """Every run of this benchmark at crop size `size` (96x64 unless --input-size)."""
+    BASE[:3] = size_overrides(size)
 
 
 def experiment(workers: int, epochs: int) -> ExperimentConfig:
@@ -95,7 +99,8 @@ def torchrun_worker(args) -> None:
 def torchrun_rates(shards: str, workers: int, epochs: int, passes: int = 0):
     """Per-epoch training rates of a torchrun job, or with `passes` the DataLoader data path alone."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={workers}",
-           os.path.abspath(__file__), "--worker", "--shards", shards, "--epochs", str(epochs), "--passes", str(passes)]
+           os.path.abspath(__file__), "--worker", "--shards", shards, "--epochs", str(epochs), "--passes", str(passes),
+           "--input-size", "x".join(map(str, experiment(1, 1).data.input_size))]
     proc = subprocess.run(cmd, capture_output=True, text=True,
                           env={**os.environ, "OMP_NUM_THREADS": str(max(1, CORES // workers))})
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RATES ")]
@@ -308,6 +313,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # one torchrun rank
     parser.add_argument("--passes", type=int, default=32, help="passes over the parts in one data-path stream")
+    parser.add_argument("--input-size", type=input_size, default=(96, 64), help="crop size HxW (heatmaps a quarter)")
     parser.add_argument("--rounds", type=int, default=2,
                         help="alternating training runs per side and worker count (0: the data path only)")
     parser.add_argument("--rows-per-file", type=int, default=50, help="images per part of the shards")
@@ -316,6 +322,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.rounds < 0 or args.rows_per_file < 1 or args.big_part_rows < 0:
         parser.error("--rounds and --big-part-rows must be >= 0, --rows-per-file >= 1")
+    use_input_size(args.input_size)
     if args.worker:
         return torchrun_worker(args)
     from cdkd_ray.apps.recipes import make_synthetic, shard_coco_dir
