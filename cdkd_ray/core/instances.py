@@ -185,8 +185,9 @@ def build_instances(rows: dict, cfg: DataConfig, train: bool, epoch: int = 0,
     crops = warp_crops(people.images, image_index, mat, cfg.input_size)
     crop_joints = np.concatenate([apply_affine(joints[..., :2], mat), joints[..., 2:]], -1).astype(np.float32)
     crop_joints = flip_joints_order(crop_joints, flip)
-    return {"image": np.ascontiguousarray(crops.transpose(0, 3, 1, 2)), "joints": crop_joints, "image_id": image_ids, "center": center.astype(np.float32),
-            "scale": scale.astype(np.float32), "score": np.concatenate(people.scores).astype(np.float32),
+    return {"image": np.ascontiguousarray(crops.transpose(0, 3, 1, 2)), "joints": crop_joints, "image_id": image_ids,
+            "center": center.astype(np.float32), "scale": scale.astype(np.float32),
+            "score": np.concatenate(people.scores).astype(np.float32),
             "area": (scale[:, 0] * scale[:, 1]).astype(np.float32)}
 
 

@@ -3,8 +3,8 @@
 A batch is a dict of tensors per the training-batch contract: `image` uint8 [N,3,H,W] RGB, `joints`
 [N,K,3] (x, y in crop pixels, labelled flag; the step renders the heatmap targets from them on its
 device), and for distillation with the teacher outside the step `teacher_heatmaps`/`teacher_features`;
-`image_id`, `center`, `scale` identify the crops. The Ray Train
-worker feeds it Ray Data shards; benchmarks and tests feed it plain iterables.
+`image_id`, `center`, `scale` identify the crops. The Ray Train worker feeds it Ray Data shards;
+benchmarks and tests feed it plain iterables.
 """
 
 from __future__ import annotations
