@@ -43,9 +43,11 @@ def input_sizes(text: str) -> list[tuple[int, int]]:
 
 
 def size_overrides(size: tuple[int, int]) -> list[str]:
-    """The data.* overrides of a crop size: heatmaps a quarter of it, sigma 2 (1.5 below 128 px high)."""
-    h, w = size
-    return [f"data.input_size=[{h},{w}]", f"data.heatmap_size=[{h // 4},{w // 4}]", f"data.sigma={2.0 if h >= 128 else 1.5}"]
+    """The data.* overrides of a crop size: the model's heatmap size for it, sigma 2 (1.5 below 128 px high)."""
+    from cdkd_ray.core.models.strides import heatmap_size_for
+
+    (h, w), (hh, hw) = size, heatmap_size_for(size)
+    return [f"data.input_size=[{h},{w}]", f"data.heatmap_size=[{hh},{hw}]", f"data.sigma={2.0 if h >= 128 else 1.5}"]
 
 
 def scratch_folder(prefix: str) -> str:

@@ -133,6 +133,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=4, help="passes over each Ray Dataset (the first is start-up)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    torch.set_num_threads(1)  # (a) renders its targets with torch: one core, as the reference (b) runs
     cfg = DataConfig()
     work = scratch_folder("cdkd-bench-")
     synth_split(work, "train", args.images, seed=0)
