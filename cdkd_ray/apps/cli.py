@@ -439,13 +439,13 @@ def cmd_cluster(args: argparse.Namespace) -> None:
             print(f"cluster up: head pid {r['pid']} at {r['address']} (dashboard {r['dashboard_url']}); "
                   f"nodes are added on demand. Use --address {r['address']}; log {r['log']}")
     elif args.action == "down":
-        result = local.cluster_down(args.state_dir)
+        result = local.cluster_down(args.state_dir, args.grace_seconds)
 
         def human(r: dict) -> None:
             if not r["stopped"]:
                 print(r["message"])
                 return
-            forced = f" ({r['killed']} only by SIGKILL)" if r["killed"] else ""
+            forced = f" ({r['killed']} only by SIGKILL: {', '.join(r['killed_processes'])})" if r["killed"] else ""
             print(f"cluster down: stopped {r['processes_stopped']} processes of {r['address']}{forced}")
     else:
         result = local.cluster_status(args.state_dir, args.address)
@@ -651,6 +651,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dashboard-port", type=int, default=8265, help="dashboard / Ray Jobs port (default 8265)")
     p.add_argument("--state-dir", help="where the head's PID, log and effective config are kept "
                                        "(default: $CDKD_RAY_HOME/local-cluster or ~/.cache/cdkd-ray/local-cluster)")
+    from cdkd_ray.ray_adapters.local_cluster import STOP_GRACE_S
+
+    p.add_argument("--grace-seconds", type=float, default=STOP_GRACE_S,
+                   help="down: how long the cluster's processes get to stop on SIGTERM before SIGKILL "
+                        "(default %(default)s, as `ray stop`)")
     _add_address(p, "status: a cluster address instead of the recorded local cluster")
 
     p = add("model-info", cmd_model_info, "Parameters and FLOPs of the student, the teacher and train-only modules.")

@@ -24,6 +24,9 @@ from cdkd_ray.core.errors import CdkdError
 
 HOST = "127.0.0.1"
 STATE_FILE = "cluster.json"
+# `ray stop`'s default. Stopping a head with Serve on it took 3.6 s here on SIGTERM with two busy
+# processes beside it; a 5 s grace sent SIGKILL to two processes in a loaded CI run.
+STOP_GRACE_S = 16.0
 
 
 @dataclass
@@ -243,30 +246,46 @@ def _ray_stop_rank(proc) -> int:
     return 0 if program == "raylet" else 2 if program == "gcs_server" else 1
 
 
-def stop_processes(find, grace_s: float, what: str) -> tuple[list, int]:
+def _describe(proc) -> str:
+    """A process as "program (pid)": a Ray worker's title, a Python script's or module's name, else the program."""
+    import psutil
+
+    try:
+        command = proc.cmdline() or [proc.name()]
+    except psutil.Error:
+        return f"? ({proc.pid})"
+    program = os.path.basename(command[0].split(" ")[0]) if not command[0].startswith("ray::") else command[0].strip()
+    if program.startswith("python"):
+        flag = next((a for a in command[1:] if a in ("-c", "-m")), None)
+        args = [a for a in command[1:] if not a.startswith("-")]
+        program = f"{program} -c" if flag == "-c" else os.path.basename(args[0]) if args else program
+    return f"{program[:60]} ({proc.pid})"
+
+
+def stop_processes(find, grace_s: float, what: str) -> tuple[list, list]:
     """SIGTERM the processes `find()` lists (and their children) in Ray's order, SIGKILL what is left after grace_s.
 
     Signalled all at once, a head's raylet, GCS and autoscaler monitor each wait on another and outlive a
     SIGTERM (seen here: all three still up 10 s later); in Ray's order the head is gone in ~1 s.
-    Returns every process seen and how many needed SIGKILL; raises if some would not stop even then.
+    Returns every process seen and those that needed SIGKILL ("name (pid)"); raises if some would not stop even then.
     """
     import psutil
 
     seen: dict[int, psutil.Process] = {}
-    killed: set[int] = set()
+    killed: dict[int, str] = {}
     deadline = time.monotonic() + grace_s
     while True:
         # processes seen before stay tracked: one whose parent died is re-parented and leaves the tree
         procs = _still_running([*find(), *seen.values(), *_children_of(seen.values())])
         if not procs:
-            return list(seen.values()), len(killed)
+            return list(seen.values()), list(killed.values())
         seen.update({p.pid: p for p in procs})
         late = time.monotonic() - deadline
         if late > 10:
             raise CdkdError(f"{what} would not stop: {[p.pid for p in procs]}")
         if late > 0:
             targets, sig = procs, signal.SIGKILL
-            killed.update(p.pid for p in targets)
+            killed.update({p.pid: _describe(p) for p in targets})
         else:
             ranks = {p.pid: _ray_stop_rank(p) for p in procs}
             targets, sig = [p for p in procs if ranks[p.pid] == min(ranks.values())], signal.SIGTERM
@@ -278,7 +297,7 @@ def stop_processes(find, grace_s: float, what: str) -> tuple[list, int]:
         psutil.wait_procs(targets, timeout=1)
 
 
-def cluster_down(state_dir: str | None = None, grace_s: float = 5.0) -> dict:
+def cluster_down(state_dir: str | None = None, grace_s: float = STOP_GRACE_S) -> dict:
     """Stop the head, the autoscaler and every node it started; verify no process is left."""
     state_dir = os.path.abspath(state_dir or default_state_dir())
     state = read_state(state_dir)
@@ -287,7 +306,8 @@ def cluster_down(state_dir: str | None = None, grace_s: float = 5.0) -> dict:
     stopped, killed = stop_processes(lambda: cluster_processes(state.pid), grace_s, "processes of the cluster")
     _forget_current_cluster(state.address)
     os.remove(os.path.join(state_dir, STATE_FILE))
-    return {"stopped": True, "address": state.address, "processes_stopped": len(stopped), "killed": killed}
+    return {"stopped": True, "address": state.address, "processes_stopped": len(stopped), "killed": len(killed),
+            "killed_processes": killed}
 
 
 def _forget_current_cluster(address: str) -> None:
