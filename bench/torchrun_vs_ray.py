@@ -15,7 +15,8 @@ runs alternate between the sides, `--rounds` times. Printed:
    start-up does not hide the rate; the time to the first batch is printed apart): one process (no Ray,
    no DataLoader), DataLoader with shuffle, Ray Data (`build_dataset` + `train_batches` with the
    instance shuffle buffer, and without it; with --big-part-rows also over the same images in larger
-   parts), per core against the one-process path, and how many decode tasks ran at once on average
+   parts, twice as shipped and twice with Ray Data's per-operator object-store reservation, alternating),
+   per core against the one-process path, and how many decode tasks ran at once on average
    (from Ray's task timeline), against plain Ray tasks of 0.1 s kept as many in flight as cores
    (--rounds 0 stops here);
 2. training, samples/s: torchrun (DDP, gloo) + DataLoader vs Ray Train + Ray Data, and the ratios.
@@ -24,6 +25,7 @@ runs alternate between the sides, `--rounds` times. Printed:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -189,6 +191,30 @@ def ray_data_rate(shards: str, passes: int, overrides: list[str] = ()) -> dict:
     return {"startup_s": first, "steady": rate, "tasks_running": decode}
 
 
+@contextlib.contextmanager
+def ray_data_reservation(enabled: bool):
+    """Ray Data's per-operator object-store reservation on or off for the datasets made inside."""
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    before, ctx.op_resource_reservation_enabled = ctx.op_resource_reservation_enabled, enabled
+    try:
+        yield
+    finally:
+        ctx.op_resource_reservation_enabled = before
+
+
+def big_parts_both_ways(big_parts: str, passes: int, rounds: int = 2) -> dict:
+    """The large parts' stream as shipped (no per-operator reservation) and with Ray Data's default, alternating."""
+    runs: dict[str, list[dict]] = {"ray_data_big_parts": [], "ray_data_big_parts_reserved": []}
+    for _ in range(rounds):
+        for key, reserved in (("ray_data_big_parts_reserved", True), ("ray_data_big_parts", False)):
+            with ray_data_reservation(reserved):
+                runs[key].append(ray_data_rate(big_parts, passes))
+    return {key: {**{k: statistics.mean(r[k] for r in rs) for k in rs[0]}, "runs": [r["steady"] for r in rs]}
+            for key, rs in runs.items()}
+
+
 def epoch_timing(metrics: dict) -> dict:
     """One epoch's rates from fit_epoch's metrics: whole epoch, and from its first batch on (start-up apart)."""
     images = metrics["images_per_s"] * metrics["epoch_seconds"]
@@ -226,7 +252,7 @@ def measure(shards: str, storage: str, epochs: int, passes: int, rounds: int, bi
     data["ray_data"] = ray_data_rate(shards, passes)
     data["ray_data_no_shuffle"] = ray_data_rate(shards, passes, ["data.shuffle_buffer=0"])
     if big_parts:  # the same images in fewer, larger parts: fewer, longer decode tasks
-        data["ray_data_big_parts"] = ray_data_rate(big_parts, passes)
+        data.update(big_parts_both_ways(big_parts, passes))
     data["plain_ray_tasks_running"] = plain_task_concurrency()
     if rounds == 0:
         ray.shutdown()
@@ -262,6 +288,8 @@ def report(measured: dict) -> dict:
               "shuffle_buffer_cost": 1 - data["ray_data"]["steady"] / data["ray_data_no_shuffle"]["steady"]}
     if "ray_data_big_parts" in data:
         result["big_parts_vs_small_parts"] = data["ray_data_big_parts"]["steady"] / data["ray_data"]["steady"]
+        result["big_parts_unreserved_vs_reserved"] = (data["ray_data_big_parts"]["steady"]
+                                                      / data["ray_data_big_parts_reserved"]["steady"])
     for w in (1, 2) if train else ():
         ray_side, torch_side = s[f"ray_train_w{w}"], s[f"torchrun_w{w}"]
         result[f"ray_train_vs_torchrun_w{w}"] = ray_side["after_first_batch"] / torch_side["after_first_batch"]
@@ -277,12 +305,20 @@ def data_lines(data: dict, one: float) -> list[str]:
                               (f"DataLoader shuffle=True, {CORES} workers", "dataloader", CORES),
                               ("Ray Data + instance shuffle buffer", "ray_data", CORES),
                               ("Ray Data, no shuffle buffer", "ray_data_no_shuffle", CORES),
+                              ("large parts, Ray Data's per-operator reservation", "ray_data_big_parts_reserved",
+                               CORES),
                               ("Ray Data + shuffle buffer, large parts", "ray_data_big_parts", CORES)):
         d = data.get(key)
         if d:
             running = f"{d['tasks_running']:>12.2f}/{CORES}" if "tasks_running" in d else ""
             lines.append(f"{label:<52}{d['steady']:>10.1f}{d['steady'] / cores / one:>9.2f}x{d['startup_s']:>9.2f}s"
                          f"{running}")
+    if "ray_data_big_parts_reserved" in data:
+        unreserved, reserved = data["ray_data_big_parts"], data["ray_data_big_parts_reserved"]
+        lines.append(f"large parts without the per-operator reservation (as shipped) / with it: "
+                     f"{unreserved['steady'] / reserved['steady']:.2f}x (runs, alternating: "
+                     f"{'/'.join(f'{v:.0f}' for v in unreserved['runs'])} against "
+                     f"{'/'.join(f'{v:.0f}' for v in reserved['runs'])})")
     if "plain_ray_tasks_running" in data:
         lines.append(f"{'plain Ray tasks of 0.1 s, as many in flight as cores':<82}"
                      f"{data['plain_ray_tasks_running']:>12.2f}/{CORES}")

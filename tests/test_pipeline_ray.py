@@ -195,6 +195,34 @@ def test_decode_tasks_are_capped_at_the_cores_of_an_over_declared_local_ray(ray_
     assert map_task_limit(dataclasses.replace(CFG, max_tasks=3)) == 3
 
 
+def test_the_embedded_rays_datasets_have_no_per_operator_reservation_in_the_driver_and_its_workers(ray_session):
+    """The embedded Ray's 768 MiB store held Ray Data to one decode task at a time with large parts
+    (bench/torchrun_vs_ray.py); datasets made in the driver, a task or an actor (a Tune trial) go without
+    the reservation, and a dataset still streams through a pool of actors under it."""
+    import ray
+    import ray.data
+
+    def reserved() -> bool:
+        return ray.data.DataContext.get_current().op_resource_reservation_enabled
+
+    @ray.remote(num_cpus=0)
+    class Trial:
+        def reserved(self) -> bool:
+            return reserved()
+
+    assert reserved() is False
+    assert ray.get(ray.remote(num_cpus=0)(reserved).remote()) is False
+    assert ray.get(Trial.remote().reserved.remote()) is False
+
+    class AddOne:
+        def __call__(self, batch):
+            return {"id": batch["id"] + 1}
+
+    ds = ray.data.range(64, override_num_blocks=8).map_batches(AddOne, batch_size=8,
+                                                               compute=ray.data.ActorPoolStrategy(size=2))
+    assert sorted(row["id"] for row in ds.take_all()) == list(range(1, 65))
+
+
 def test_the_decode_tasks_need_no_torch():
     """Ray Data's workers import this module for the decode function; without torch (~3-4 s to import here)
     every new data worker, and every epoch 1 of a run, starts sooner. The teacher stage imports it itself."""
