@@ -34,7 +34,8 @@ def local_cluster(tmp_path_factory):
         tree = [head["pid"]] + [p.pid for p in _descendants(head["pid"])]
         down = run_cli("cluster", "down", "--state-dir", state, "--json", timeout=120)
         assert down.returncode == 0 and last_json(down)["stopped"], down.stdout + down.stderr
-        assert last_json(down)["killed"] == 0, last_json(down)["killed_processes"]  # every node stopped on SIGTERM, in Ray's order
+        # every node stopped on SIGTERM, in Ray's order
+        assert last_json(down)["killed"] == 0, last_json(down)["killed_processes"]
         left = [pid for pid in tree if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
         assert not left, f"cluster processes left behind: {left}"
         assert not (state / "cluster.json").exists()

@@ -17,7 +17,8 @@ _STREAM_WORKER_LOGS = {"enabled": True}
 # sees that the workers have finished at its next poll of them, every 2 s by default: up to 2 s added to
 # every run's end; polled every 0.5 s, a lone worker costs the controller 2 cheap calls a second.
 LOCAL_TRAIN_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
-# The embedded Ray's job-wide runtime env: the data env, and the hook that points Ray's state API at it.
+# The embedded Ray's job-wide runtime env: the data env, and the hook that points Ray's state API at it
+# and fits Ray Data to its object store in every worker.
 LOCAL_RUNTIME_ENV = {"env_vars": {**DATA_ENV, **LOCAL_TRAIN_ENV},
                      "worker_process_setup_hook": f"{__name__}.set_up_local_worker"}
 LOCAL_OBJECT_STORE_BYTES = 768 * 1024 * 1024
