@@ -63,7 +63,7 @@ def wait_for_no_worker_nodes(state, timeout: float = 150) -> None:
     raise AssertionError(f"autoscaled worker nodes were not removed within {timeout:.0f}s")
 
 
-def test_cluster_up_rejects_a_cloud_config_and_a_busy_port(tmp_path):
+def test_cluster_up_rejects_a_cloud_config_and_a_busy_port_and_down_a_negative_grace(tmp_path):
     cloud = tmp_path / "aws.yaml"
     cloud.write_text(yaml.safe_dump({"cluster_name": "x", "provider": {"type": "aws", "region": "us-west-2"}}))
     proc = run_cli("cluster", "up", "--config", cloud, "--state-dir", tmp_path / "s", timeout=60)
@@ -77,6 +77,9 @@ def test_cluster_up_rejects_a_cloud_config_and_a_busy_port(tmp_path):
     assert proc.returncode == 2 and "in use" in proc.stderr
     down = run_cli("cluster", "down", "--state-dir", tmp_path / "s", "--json", timeout=60)
     assert down.returncode == 0 and not last_json(down)["stopped"]
+    # a negative grace would SIGKILL every process at once: refused before anything is stopped
+    bad = run_cli("cluster", "down", "--state-dir", tmp_path / "s", "--grace-seconds", "-1", timeout=60)
+    assert bad.returncode == 2 and "seconds must be >= 0, got '-1'" in bad.stderr
 
 
 @pytest.mark.timeout(600)

@@ -55,6 +55,17 @@ def _size(text: str) -> tuple[int, int]:
     return h, w
 
 
+def _seconds(text: str) -> float:
+    """Parse a duration in seconds, >= 0."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds such as 16, got '{text}'") from None
+    if not seconds >= 0:
+        raise argparse.ArgumentTypeError(f"seconds must be >= 0, got '{text}'")
+    return seconds
+
+
 # ---------------------------------------------------------------- commands
 
 def cmd_synth(args: argparse.Namespace) -> None:
@@ -653,7 +664,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        "(default: $CDKD_RAY_HOME/local-cluster or ~/.cache/cdkd-ray/local-cluster)")
     from cdkd_ray.ray_adapters.local_cluster import STOP_GRACE_S
 
-    p.add_argument("--grace-seconds", type=float, default=STOP_GRACE_S,
+    p.add_argument("--grace-seconds", type=_seconds, default=STOP_GRACE_S,
                    help="down: how long the cluster's processes get to stop on SIGTERM before SIGKILL "
                         "(default %(default)s, as `ray stop`)")
     _add_address(p, "status: a cluster address instead of the recorded local cluster")
