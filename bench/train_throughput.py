@@ -65,7 +65,7 @@ def ray_train_epochs(shards: str, storage: str, name: str, overrides: list[str],
     with open(os.path.join(storage, name, _latest(storage, name), "trainer_state.json")) as f:
         history = json.load(f)["history"]
     return [{"images_per_s": e["images_per_s"], "first_batch_s": e["first_batch_seconds"], "steps": e["steps"],
-             "epoch_s": e["epoch_seconds"], "after_first_batch_images_per_s":
+             "epoch_s": e["epoch_seconds"], "finished_at": e.get("finished_at"), "after_first_batch_images_per_s":
                  e["images_per_s"] * e["epoch_seconds"] / max(e["epoch_seconds"] - e["first_batch_seconds"], 1e-9)}
             for e in history]
 

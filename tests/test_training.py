@@ -92,51 +92,59 @@ def test_distill_with_pool_survives_a_killed_worker_then_resumes_with_outputs(ra
     # (that a baseline sees the same batches as CDKD for the same seed is checked by the compare study's test)
 
 
-def test_persistent_teachers_label_a_block_in_order_across_actors_as_one_teacher_would(ray_session, teacher_file):
-    """A block split into teacher batches over two actors comes back whole and in order, as from one teacher."""
+def test_persistent_teachers_label_each_batch_in_order_across_actors_as_one_teacher_would(ray_session,
+                                                                                          teacher_file):
+    """A worker's batches, each split into teacher calls over two actors, come back whole and in order, as from
+    one teacher; the calls go out ahead of the batch the student takes, and a first batch waits for its own."""
     import numpy as np
-    import ray
 
     from cdkd_ray.ray_adapters.pipeline import TeacherStage
-    from cdkd_ray.ray_adapters.teacher_servers import label_block, start_teacher_servers, stop_teacher_servers
+    from cdkd_ray.ray_adapters.teacher_servers import labelled_batches, start_teacher_servers, stop_teacher_servers
 
     cfg = tiny("teacher.placement=pool", "teacher.pool_max=2", "teacher.batch_size=4")
     rng = np.random.default_rng(0)
-    block = {"image": rng.integers(0, 256, (10, 3, 128, 96), dtype=np.uint8),
-             "joints": np.zeros((10, 17, 3), np.float32), "image_id": np.arange(10)}
-    servers = start_teacher_servers(cfg, teacher_file)
+    batches = [{"image": torch.from_numpy(rng.integers(0, 256, (n, 3, 128, 96), dtype=np.uint8)),
+                "image_id": torch.arange(n) + 100 * i} for i, n in enumerate((10, 6, 0, 9))]
+    drawn = []
+
+    def drawing():
+        for batch in batches:
+            drawn.append(int(batch["image_id"][0]) if len(batch["image_id"]) else None)
+            yield batch
+
+    actors = start_teacher_servers(cfg, teacher_file)
     try:
-        labelled = ray.get(ray.remote(label_block).remote(block, servers.actors, servers.ready, 4, 60.0))
-        empty = ray.get(ray.remote(label_block).remote({k: v[:0] for k, v in block.items()}, servers.actors,
-                                                       servers.ready, 4, 60.0))
+        stream = labelled_batches(drawing(), actors, cfg.teacher.batch_size, 60.0, ahead=2)
+        first = next(stream)
+        assert len(drawn) == 3  # the first batch's calls and the next two went out before it came back
+        labelled = [first, *stream]
     finally:
-        stop_teacher_servers(servers)
-    alone = TeacherStage(teacher_file, cfg.distill.teacher_tap, num_threads=1)(dict(block))
-    assert set(labelled) == set(alone) and list(labelled["image_id"]) == list(range(10))
-    np.testing.assert_allclose(labelled["teacher_heatmaps"].astype(np.float32),
-                               alone["teacher_heatmaps"].astype(np.float32), atol=2e-3)
-    assert labelled["teacher_features"].shape == alone["teacher_features"].shape
-    assert len(empty["teacher_heatmaps"]) == 0
+        stop_teacher_servers(actors)
+    alone = TeacherStage(teacher_file, cfg.distill.teacher_tap, num_threads=1)
+    assert len(labelled) == 4
+    for batch, got in zip(batches, labelled):
+        assert got["image_id"].tolist() == batch["image_id"].tolist()
+        want = alone.label(batch["image"].numpy())
+        assert got["teacher_heatmaps"].dtype == torch.float16 and len(got["teacher_heatmaps"]) == len(batch["image"])
+        np.testing.assert_allclose(got["teacher_heatmaps"].float().numpy(), want["teacher_heatmaps"].astype(np.float32),
+                                   atol=2e-3)
+        assert got["teacher_features"].shape == want["teacher_features"].shape
 
 
-def test_teacher_actors_that_cannot_read_the_checkpoint_fail_the_block_with_a_readable_error(ray_session, tmp_path):
+def test_teacher_actors_that_cannot_read_the_checkpoint_fail_the_batch_with_a_readable_error(ray_session, tmp_path):
     """A checkpoint the driver read but an actor's node cannot (a path only on the head) is named, not a raw actor death."""
     import numpy as np
-    import ray
 
     from cdkd_ray.core.errors import CdkdError
-    from cdkd_ray.ray_adapters.teacher_servers import label_block, start_teacher_servers, stop_teacher_servers
+    from cdkd_ray.ray_adapters.teacher_servers import labelled_batches, start_teacher_servers, stop_teacher_servers
 
-    servers = start_teacher_servers(tiny("teacher.placement=pool"), str(tmp_path / "only-on-the-head.pth"))
-    block = {"image": np.zeros((2, 3, 128, 96), np.uint8), "joints": np.zeros((2, 17, 3), np.float32)}
+    actors = start_teacher_servers(tiny("teacher.placement=pool"), str(tmp_path / "only-on-the-head.pth"))
+    batch = {"image": torch.from_numpy(np.zeros((2, 3, 128, 96), np.uint8))}
     try:
         with pytest.raises(CdkdError, match=r"no teacher actor could load the teacher.*readable from every node"):
-            try:
-                ray.get(ray.remote(label_block).remote(block, servers.actors, servers.ready, 4, 60.0))
-            except ray.exceptions.RayTaskError as exc:
-                raise exc.as_instanceof_cause()
+            next(labelled_batches(iter([batch]), actors, 4, 60.0))
     finally:
-        stop_teacher_servers(servers)
+        stop_teacher_servers(actors)
 
 
 def test_distill_from_s3_shards_to_s3_storage_skips_and_counts_an_undecodable_image(ray_session, synth_dir, s3_bucket,

@@ -169,7 +169,7 @@ def fit_epoch(session: TrainingSession, batches: Iterable[dict], epoch: int, wor
     metrics = {"epoch": epoch, "step": session.step, "lr": learning_rate(session.cfg, max(session.step - 1, 0), epoch),
                "steps": steps, "images_per_s": images_seen * world_size / max(seconds, 1e-9),
                "epoch_seconds": seconds, "data_wait_seconds": waited,
-               "first_batch_seconds": first or 0.0, "data_digest": digest.hexdigest()}
+               "first_batch_seconds": first or 0.0, "finished_at": time.time(), "data_digest": digest.hexdigest()}
     kept = LOSS_TERMS if session.kind.distills else SUPERVISED_TERMS
     metrics.update({k: sums[k] / steps for k in kept if steps and k in sums})
     return metrics

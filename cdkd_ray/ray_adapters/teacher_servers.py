@@ -1,18 +1,20 @@
-"""A run's persistent teacher actors: started once, kept across epochs, called from a Ray Data map task.
+"""A run's persistent teacher actors: started once, kept across epochs, called by the train workers.
 
 Ray Data starts an actor pool anew for every pass over a dataset (it has no persistent actor pools, unlike
 a DataLoader's `persistent_workers`), so each epoch used to wait for the teacher's start-up (torch,
 weights, first batch) before its first batch. These actors live for the whole run (`teacher.persistent`,
 the default): the driver starts `teacher.pool_max` of them before the Train run, without waiting, so
-their start-up runs beside the workers' own; each block of the training stream goes to a light map task
-that spreads its teacher batches over the actors that are up, waiting for the first if none is.
+their start-up runs beside the workers' own. Each train worker sends a training batch's crops to them as
+soon as it draws the batch, a few batches before it trains on it, so the teacher labels the next batches
+while the student trains on this one.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import random
-from dataclasses import dataclass
+from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -20,15 +22,7 @@ from cdkd_ray.core.errors import CdkdError
 from cdkd_ray.core.experiment import ExperimentConfig
 
 
-@dataclass
-class TeacherServers:
-    """The actors and, for each, the reference that resolves once it has loaded its teacher."""
-
-    actors: list
-    ready: list
-
-
-def start_teacher_servers(cfg: ExperimentConfig, teacher_checkpoint: str) -> TeacherServers:
+def start_teacher_servers(cfg: ExperimentConfig, teacher_checkpoint: str) -> list:
     """`teacher.pool_max` teacher actors with the pool's resources; restarted (and their calls retried) if lost."""
     import ray
 
@@ -38,14 +32,13 @@ def start_teacher_servers(cfg: ExperimentConfig, teacher_checkpoint: str) -> Tea
     server = ray.remote(TeacherStage).options(
         num_cpus=t.num_cpus, num_gpus=t.num_gpus or None, max_restarts=3, max_task_retries=3)
     kwargs = teacher_stage_kwargs(cfg, teacher_checkpoint)
-    actors = [server.remote(**kwargs) for _ in range(t.pool_actors_at_start()[0])]
-    return TeacherServers(actors, [a.ready.remote() for a in actors])
+    return [server.remote(**kwargs) for _ in range(t.pool_actors_at_start()[0])]
 
 
-def stop_teacher_servers(servers: TeacherServers | None) -> None:
+def stop_teacher_servers(actors: list) -> None:
     import ray
 
-    for actor in servers.actors if servers else []:
+    for actor in actors:
         with contextlib.suppress(Exception):  # cleanup must not hide the run's own error
             ray.kill(actor)
 
@@ -83,26 +76,45 @@ def _up(actors: list, ready: list, wait_s: float | None) -> list:
                             "no room for one (teacher.num_cpus / teacher.num_gpus), or raise train.resource_wait_s")
 
 
-def label_block(batch: dict[str, np.ndarray], actors: list, ready: list, batch_size: int,
-                wait_s: float | None) -> dict[str, np.ndarray]:
-    """Map task: the block's teacher targets, its teacher batches spread over the actors that are up."""
+def _submit(images: np.ndarray, up: list, batch_size: int, turn: int) -> list:
+    """The teacher's calls for one batch's crops: `batch_size` crops a call, spread over the actors that are up."""
+    return [up[(turn + i) % len(up)].label.remote(images[start:start + batch_size])
+            for i, start in enumerate(range(0, max(len(images), 1), batch_size))]
+
+
+def _labels(refs: list) -> dict[str, np.ndarray]:
+    """One batch's teacher outputs, its calls' parts laid end to end (a copy: writable, unlike the store's)."""
     import ray
 
-    up = _up(actors, ready, wait_s)
-    images = batch["image"]  # only the crops travel to the actors, only the teacher's outputs come back
-    starts = range(0, max(len(images), 1), batch_size)
-    first = random.randrange(len(up))
-    outputs = ray.get([up[(first + i) % len(up)].label.remote(images[start:start + batch_size])
-                       for i, start in enumerate(starts)])
-    return {**batch, **{k: np.concatenate([out[k] for out in outputs]) for k in outputs[0]}}
+    outputs = ray.get(refs)
+    return {key: np.concatenate([out[key] for out in outputs]) for key in outputs[0]}
 
 
-def with_teacher_servers(train_ds, cfg: ExperimentConfig, servers: TeacherServers):
-    """The training stream with `teacher_heatmaps` and `teacher_features` from the run's teacher actors."""
-    import ray.data
+def labelled_batches(batches: Iterable[dict], actors: list, batch_size: int, wait_s: float | None,
+                     ahead: int | None = None) -> Iterator[dict]:
+    """Training batches (torch tensors) with `teacher_heatmaps` and `teacher_features` from the run's actors.
 
-    return train_ds.map_batches(
-        label_block, batch_size=None, batch_format="numpy",
-        fn_kwargs={"actors": servers.actors, "ready": servers.ready, "batch_size": cfg.teacher.batch_size,
-                   "wait_s": cfg.train.resource_wait_s},
-        compute=ray.data.TaskPoolStrategy(size=2 * len(servers.actors)), num_cpus=0.1)
+    A batch's crops go to the actors when the batch is drawn, `ahead` batches (default: two per actor)
+    before the student trains on it; only the crops travel there and only the teacher's fp16 outputs come
+    back. A batch waits for its own labels alone: the first batch of an epoch for one teacher call, not for
+    a whole block of the stream. Waits up to `wait_s` for the first actor to load its teacher.
+    """
+    ready = [actor.ready.remote() for actor in actors]
+    ahead = ahead or 2 * len(actors)
+    pending: collections.deque = collections.deque()
+    turn, up = random.randrange(len(actors)), []
+    for batch in batches:
+        if len(up) < len(actors):  # until all are up: an actor that finishes loading joins at once
+            up = _up(actors, ready, wait_s)
+        pending.append((batch, _submit(batch["image"].numpy(), up, batch_size, turn)))
+        turn += 1
+        if len(pending) > ahead:
+            yield _with_labels(*pending.popleft())
+    while pending:
+        yield _with_labels(*pending.popleft())
+
+
+def _with_labels(batch: dict, refs: list) -> dict:
+    import torch
+
+    return {**batch, **{key: torch.from_numpy(value) for key, value in _labels(refs).items()}}

@@ -16,8 +16,7 @@ from cdkd_ray.core.run_outputs import write_run_outputs
 from cdkd_ray.core.selection import SCORE_KEY
 from cdkd_ray.core.shards import verified_manifests
 from cdkd_ray.core.storage import Location, absolute_uri, pyarrow_filesystem, resolve
-from cdkd_ray.ray_adapters.teacher_servers import (TeacherServers, start_teacher_servers, stop_teacher_servers,
-                                                   with_teacher_servers)
+from cdkd_ray.ray_adapters.teacher_servers import start_teacher_servers, stop_teacher_servers
 
 
 def _teacher_shape(kind: RunKind, teacher_checkpoint: str | None) -> tuple[str | None, int]:
@@ -34,7 +33,7 @@ def _teacher_shape(kind: RunKind, teacher_checkpoint: str | None) -> tuple[str |
 
 
 def _datasets(cfg: ExperimentConfig, kind: RunKind, data_uri: str, teacher_checkpoint: str | None,
-              s3_endpoint: str | None, bad_images: BadImageRecord, teachers: TeacherServers | None) -> dict:
+              s3_endpoint: str | None, bad_images: BadImageRecord) -> dict:
     import ray.data
 
     from cdkd_ray.ray_adapters.pipeline import build_dataset, with_teacher_pool
@@ -44,9 +43,7 @@ def _datasets(cfg: ExperimentConfig, kind: RunKind, data_uri: str, teacher_check
     ctx.enable_progress_bars = False
     train = build_dataset(data_uri, "train", cfg.data, s3_endpoint=s3_endpoint, shuffle_files=True,
                           bad_images=bad_images)
-    if teachers:
-        train = with_teacher_servers(train, cfg, teachers)
-    elif kind.distills and cfg.teacher.placement == "pool":
+    if kind.distills and cfg.teacher.placement == "pool" and not cfg.teacher.persistent:
         train = with_teacher_pool(train, cfg, teacher_checkpoint)
     return {"train": train, "val": build_dataset(data_uri, "val", cfg.data, s3_endpoint=s3_endpoint,
                                                  bad_images=bad_images)}
@@ -108,28 +105,27 @@ def run_training(cfg: ExperimentConfig, kind: RunKind, data_uri: str, storage_ur
                    "teacher_checkpoint": teacher_checkpoint, "teacher_arch": teacher_arch,
                    "teacher_deconv": teacher_deconv, "pid_dir": pid_dir,
                    "bad_images": BadImageRecord.in_run(storage.join(name), s3_endpoint)}
-    teachers = None
     if kind.distills and cfg.teacher.placement == "pool" and cfg.teacher.persistent:
-        teachers = start_teacher_servers(cfg, teacher_checkpoint)  # not awaited: they start beside the workers
-        print(f"teacher pool: {len(teachers.actors)} persistent actor(s) (teacher.pool_max), kept for the whole run",
-              file=sys.stderr, flush=True)
+        # not awaited: they start beside the workers, which send them each batch's crops
+        loop_config["teacher_actors"] = start_teacher_servers(cfg, teacher_checkpoint)
+        print(f"teacher pool: {len(loop_config['teacher_actors'])} persistent actor(s) (teacher.pool_max), kept for "
+              "the whole run", file=sys.stderr, flush=True)
     try:
-        result = _fit(cfg, kind, loop_config, storage, name, callbacks, teachers)
+        result = _fit(cfg, kind, loop_config, storage, name, callbacks)
     finally:  # the teachers live for one run: a kept actor holds a process until Ray shuts down
-        stop_teacher_servers(teachers)
+        stop_teacher_servers(loop_config.get("teacher_actors", []))
     if result.error:
         raise CdkdError(f"training run '{name}' failed: {result.error}")
     return summarize_run(result, storage.join(name), cfg, kind, name, write_outputs)
 
 
-def _fit(cfg: ExperimentConfig, kind: RunKind, loop_config: dict, storage: Location, name: str, callbacks,
-         teachers: TeacherServers | None):
+def _fit(cfg: ExperimentConfig, kind: RunKind, loop_config: dict, storage: Location, name: str, callbacks):
     """TorchTrainer.fit() of one run, with its datasets, under the resource watch."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
     datasets = _datasets(cfg, kind, loop_config["data_uri"], loop_config["teacher_checkpoint"],
-                         loop_config["s3_endpoint"], loop_config["bad_images"], teachers)
+                         loop_config["s3_endpoint"], loop_config["bad_images"])
     trainer = TorchTrainer(
         _train_fn,
         train_loop_config=loop_config,

@@ -12,6 +12,7 @@ from cdkd_ray.core.config import from_dict
 from cdkd_ray.core.experiment import ExperimentConfig, RunKind
 from cdkd_ray.core.shard_reader import load_split_annotations
 from cdkd_ray.ray_adapters.pipeline import train_batches
+from cdkd_ray.ray_adapters.teacher_servers import labelled_batches
 from cdkd_ray.core.training import (
     close_epoch, evaluate, fit_epoch, is_eval_epoch, new_session, restore_session, trainer_state,
 )
@@ -43,6 +44,9 @@ def train_loop_per_worker(config: dict) -> None:
     val_shard = ray.train.get_dataset_shard("val") if rank == 0 else None
     for epoch in range(session.start_epoch, cfg.train.epochs):
         batches = train_batches(train_shard, cfg, epoch, rank)
+        if config.get("teacher_actors"):  # the run's persistent teacher pool labels each batch a few batches ahead
+            batches = labelled_batches(batches, config["teacher_actors"], cfg.teacher.batch_size,
+                                       cfg.train.resource_wait_s)
         metrics = fit_epoch(session, batches, epoch, world)
         metrics["node_id"] = ray.get_runtime_context().get_node_id()
         metrics["bad_images_skipped"] = config["bad_images"].total()  # undecodable images skipped so far
