@@ -79,15 +79,17 @@ def test_asha_sweep_interrupted_and_resumed_keeps_finished_work_and_writes_outpu
     started = _interrupt_after_first_checkpoint(args, env, tmp_path / "out" / "s2" / "train_runs")
     assert started, "no trial checkpointed before the interrupt"
     assert not (tmp_path / "out" / "s2" / "sweep.csv").exists()  # the interrupt came before the sweep ended
-    snapshot = {state: (state.read_bytes(), state.stat().st_mtime_ns)
+    snapshot = {state: state.read_bytes()
                 for run in started for state in run.glob("checkpoint_epoch*/trainer_state.json")}
     proc = subprocess.run(args + ["--resume", "--json"], env=env, capture_output=True, text=True, timeout=560)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Failed to fetch metrics" not in proc.stderr  # a trial without results is said in one line of ours
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
-    for state, (data, mtime) in snapshot.items():  # checkpointed epochs were not trained again
+    # checkpointed epochs were not trained again (a retrained epoch records other times and losses), not even one
+    # written but not yet recorded by Ray Train when the Ctrl-C came: that one is reported again as it was
+    for state, data in snapshot.items():
         if state.exists():
-            assert state.read_bytes() == data and state.stat().st_mtime_ns == mtime
+            assert state.read_bytes() == data
         else:  # pruned since (train.keep_checkpoints keeps the best 2): the history still holds that epoch as it was
             saved = json.loads(data)
             latest = max(state.parent.parent.glob("checkpoint_epoch*/trainer_state.json"))

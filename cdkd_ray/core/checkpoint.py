@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import os
+from dataclasses import dataclass
 
 import torch
 
@@ -41,19 +42,74 @@ def save_checkpoint(directory: str, model_state: dict, optimizer_state: dict | N
         json.dump(trainer_state, f, indent=1, default=str)
 
 
-def load_checkpoint(directory: str) -> tuple[dict, dict | None, dict]:
-    """(model state, optimizer state or None, trainer state) from a local checkpoint directory."""
-    from cdkd_ray.core.storage import resolve
+def checkpoint_files(directory) -> dict[str, bytes]:
+    """The raw files of a checkpoint directory (a path, s3:// URI or Location); model.pt is required."""
+    from cdkd_ray.core.storage import Location, resolve
 
-    location = resolve(directory)
-    model_file = location.join(MODEL_FILE)
-    if not model_file.exists():
-        raise CheckpointError(f"{directory} is not a cdkd-ray checkpoint (no {MODEL_FILE})")
+    location = directory if isinstance(directory, Location) else resolve(directory)
+    if not location.join(MODEL_FILE).exists():
+        raise CheckpointError(f"{location.uri} is not a cdkd-ray checkpoint (no {MODEL_FILE})")
+    names = [n for n in (MODEL_FILE, OPTIMIZER_FILE, STATE_FILE) if location.join(n).exists()]
+    return {name: location.join(name).read_bytes() for name in names}
 
-    def read(name: str):
-        return torch.load(io.BytesIO(location.join(name).read_bytes()), map_location="cpu", weights_only=True)
 
-    model = read(MODEL_FILE)
-    optimizer = read(OPTIMIZER_FILE) if location.join(OPTIMIZER_FILE).exists() else None
-    state = json.loads(location.join(STATE_FILE).read_bytes()) if location.join(STATE_FILE).exists() else {}
+def decode_checkpoint(files: dict[str, bytes], where: str) -> tuple[dict, dict | None, dict]:
+    """(model state, optimizer state or None, trainer state); a file that does not read back is named."""
+    def tensors(name: str):
+        try:
+            return torch.load(io.BytesIO(files[name]), map_location="cpu", weights_only=True)
+        except Exception as exc:  # truncated zip, pickle refused, ...: one error that names the file
+            raise CheckpointError(f"{where}/{name} cannot be read ({str(exc).splitlines()[0][:200]}): the "
+                                  "checkpoint is incomplete or corrupt") from None
+
+    model = tensors(MODEL_FILE)
+    optimizer = tensors(OPTIMIZER_FILE) if OPTIMIZER_FILE in files else None
+    try:
+        state = json.loads(files[STATE_FILE]) if STATE_FILE in files else {}
+    except ValueError as exc:
+        raise CheckpointError(f"{where}/{STATE_FILE} is not JSON ({exc}): the checkpoint is incomplete") from None
     return model, optimizer, state
+
+
+def load_checkpoint(directory: str) -> tuple[dict, dict | None, dict]:
+    """(model state, optimizer state or None, trainer state) from a checkpoint directory (local or s3://)."""
+    files = checkpoint_files(directory)
+    return decode_checkpoint(files, str(directory).rstrip("/"))
+
+
+def epoch_of_checkpoint(name: str) -> int | None:
+    """NNNN of a `checkpoint_epochNNNN` directory name; None for any other name."""
+    digits = name[len(CHECKPOINT_PREFIX):]
+    return int(digits) if name.startswith(CHECKPOINT_PREFIX) and digits.isdigit() else None
+
+
+@dataclass(frozen=True)
+class RecoveredCheckpoint:
+    """A checkpoint found in a run's folder: its directory name, raw files and what they decode to."""
+
+    name: str
+    files: dict[str, bytes]
+    model: dict
+    optimizer: dict
+    state: dict
+
+
+def newest_unrecorded_checkpoint(run_dir, after_epoch: int) -> RecoveredCheckpoint | None:
+    """The newest whole training checkpoint in `run_dir` (a Location) past `after_epoch`, if any.
+
+    A run stopped between writing an epoch's checkpoint and recording it (Ctrl-C, a lost driver) leaves
+    a checkpoint that Ray Train's records do not hold; resuming from those records alone trains that epoch
+    again. Whole means model, optimizer and trainer state all read back and name this epoch; a partly
+    written one is passed over for the next older.
+    """
+    found = sorted(((epoch, name) for name in run_dir.listdir_names()
+                    if (epoch := epoch_of_checkpoint(name)) is not None and epoch > after_epoch), reverse=True)
+    for epoch, name in found:
+        try:
+            files = checkpoint_files(run_dir.join(name))
+            model, optimizer, state = decode_checkpoint(files, run_dir.join(name).uri)
+        except CheckpointError:
+            continue
+        if optimizer is not None and state.get("epoch") == epoch and "history" in state:
+            return RecoveredCheckpoint(name, files, model, optimizer, state)
+    return None

@@ -101,7 +101,12 @@ def new_session(cfg: ExperimentConfig, kind: RunKind, device: torch.device | str
 
 def restore_session(session: TrainingSession, checkpoint_dir: str) -> None:
     """Continue from a checkpoint: weights, optimizer, the next epoch, the step and the history."""
-    model_state, optimizer_state, trainer_state = load_checkpoint(checkpoint_dir)
+    apply_checkpoint(session, *load_checkpoint(checkpoint_dir))
+
+
+def apply_checkpoint(session: TrainingSession, model_state: dict, optimizer_state: dict | None,
+                     trainer_state: dict) -> None:
+    """Put a decoded checkpoint into the session (see restore_session)."""
     session.module.load_state_dict(model_state)
     if optimizer_state:
         session.optimizer.load_state_dict(optimizer_state)

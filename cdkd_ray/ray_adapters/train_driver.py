@@ -103,7 +103,7 @@ def run_training(cfg: ExperimentConfig, kind: RunKind, data_uri: str, storage_ur
     cfg = _place_teacher(cfg, kind)
     loop_config = {"experiment": to_dict(cfg), "kind": kind.value, "data_uri": data_uri, "s3_endpoint": s3_endpoint,
                    "teacher_checkpoint": teacher_checkpoint, "teacher_arch": teacher_arch,
-                   "teacher_deconv": teacher_deconv, "pid_dir": pid_dir,
+                   "teacher_deconv": teacher_deconv, "pid_dir": pid_dir, "run_dir": storage.join(name).uri,
                    "bad_images": BadImageRecord.in_run(storage.join(name), s3_endpoint)}
     if kind.distills and cfg.teacher.placement == "pool" and cfg.teacher.persistent:
         # not awaited: they start beside the workers, which send them each batch's crops

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 
 import torch
 
-from cdkd_ray.core.checkpoint import checkpoint_dir_name, save_checkpoint
+from cdkd_ray.core.checkpoint import (
+    RecoveredCheckpoint, checkpoint_dir_name, newest_unrecorded_checkpoint, save_checkpoint,
+)
 from cdkd_ray.core.config import from_dict
 from cdkd_ray.core.experiment import ExperimentConfig, RunKind
 from cdkd_ray.core.shard_reader import load_split_annotations
+from cdkd_ray.core.storage import resolve
 from cdkd_ray.ray_adapters.pipeline import train_batches
 from cdkd_ray.ray_adapters.teacher_servers import labelled_batches
 from cdkd_ray.core.training import (
-    close_epoch, evaluate, fit_epoch, is_eval_epoch, new_session, restore_session, trainer_state,
+    apply_checkpoint, close_epoch, evaluate, fit_epoch, is_eval_epoch, new_session, restore_session, trainer_state,
 )
 
 
@@ -33,15 +37,14 @@ def train_loop_per_worker(config: dict) -> None:
     device = ray.train.torch.get_device()
     session = new_session(cfg, kind, device, config.get("teacher_checkpoint"), config.get("teacher_arch"),
                           config.get("teacher_deconv", 256))
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:
-        with checkpoint.as_directory() as directory:
-            restore_session(session, directory)
+    recovered = _restore(session, config, rank)
     if world > 1 or device.type == "cuda":
         session.model = ray.train.torch.prepare_model(session.module)
     gt = load_split_annotations(config["data_uri"], "val", config.get("s3_endpoint")) if rank == 0 else None
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val") if rank == 0 else None
+    if recovered:  # what the interrupted run did not record is recorded now, before the next epoch
+        _report_recovered(recovered, rank)
     for epoch in range(session.start_epoch, cfg.train.epochs):
         batches = train_batches(train_shard, cfg, epoch, rank)
         if config.get("teacher_actors"):  # the run's persistent teacher pool labels each batch a few batches ahead
@@ -62,3 +65,39 @@ def train_loop_per_worker(config: dict) -> None:
                             trainer_state(session, metrics, config.get("teacher_checkpoint")))
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
                              checkpoint_dir_name=checkpoint_dir_name(epoch))
+
+
+def _restore(session, config: dict, rank: int) -> RecoveredCheckpoint | None:
+    """Continue from Ray Train's latest recorded checkpoint, or from a newer one the run wrote but never
+    recorded (returned: it must be reported again, or Train and Tune would not know that epoch)."""
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as directory:
+            restore_session(session, directory)
+    if not config.get("run_dir"):
+        return None
+    run_dir = resolve(config["run_dir"], config.get("s3_endpoint"))
+    recovered = newest_unrecorded_checkpoint(run_dir, session.start_epoch - 1)
+    if recovered:
+        apply_checkpoint(session, recovered.model, recovered.optimizer, recovered.state)
+        if rank == 0:
+            print(f"resuming from {recovered.name}: the interrupted run wrote it but stopped before recording it, "
+                  "so its epoch is kept, not trained again", file=sys.stderr, flush=True)
+    return recovered
+
+
+def _report_recovered(recovered: RecoveredCheckpoint, rank: int) -> None:
+    """Report a recovered epoch as it was: the same metrics, the same checkpoint files under the same name."""
+    import ray.train
+
+    if rank != 0:
+        ray.train.report(recovered.state["metrics"])
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, data in recovered.files.items():
+            with open(os.path.join(tmp, name), "wb") as f:
+                f.write(data)
+        ray.train.report(recovered.state["metrics"], checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                         checkpoint_dir_name=recovered.name)
