@@ -55,6 +55,19 @@ def test_train_stream_is_augmented_and_torch_ready(ray_session, synth_shards):
     assert len(train) == len(val)
     val_scales = sorted(tuple(r["scale"]) for r in val)
     assert sorted(tuple(s) for _, s in train) != val_scales  # scale augmentation happened
+    # the training stream reads each block's record batches as views, not Ray's joined numpy copy: the same rows
+    from cdkd_ray.ray_adapters.pipeline import record_batches
+
+    val_ds = build_dataset(synth_shards, "val", CFG)
+    viewed, joined = list(record_batches(val_ds)), list(val_ds.iter_batches(batch_size=None, batch_format="numpy"))
+    assert any(not b["image"].flags.owndata for b in viewed)
+    columns = [{key: np.concatenate([b[key] for b in batches]) for key in joined[0]} for batches in (viewed, joined)]
+    for rows in columns:  # blocks may come in another order in each execution
+        order = np.lexsort((rows["area"], rows["image_id"]))
+        for key in rows:
+            rows[key] = rows[key][order]
+    assert columns[0].keys() == columns[1].keys()
+    assert all(np.array_equal(columns[0][key], columns[1][key]) for key in columns[0])
 
 
 @pytest.mark.timeout(300)

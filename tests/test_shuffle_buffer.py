@@ -69,3 +69,29 @@ def test_the_first_batch_waits_for_two_batches_of_rows_not_for_the_whole_buffer(
     assert np.mean([len({i // 8 for i in b}) for b in late]) > 5
     drawn = first["id"].tolist() + [i for b in rest for i in b]
     assert sorted(drawn) == list(range(512))
+
+
+def test_rows_are_copied_out_of_read_only_chunks_larger_than_the_pool():
+    """Chunks are views of Ray's object store (read-only, ~600 rows at a time): every batch is an array of
+    its own, and a chunk far larger than the pool still yields every row once."""
+    def read_only(sizes):
+        for chunk in chunks(sizes):
+            for column in chunk.values():
+                column.flags.writeable = False
+            yield chunk
+
+    seen = []
+    for batch in shuffled_batches(read_only([500, 3, 300]), batch_size=8, buffer=32, seed=2):
+        assert batch["image"].flags.writeable and batch["image"].base is None  # no view of a chunk or the pool
+        assert (batch["image"] == (batch["id"][:, None] % 256).astype(np.uint8)).all()
+        seen += batch["id"].tolist()
+    assert len(seen) == len(set(seen)) and 803 - len(seen) < 8
+
+
+def test_a_chunk_unlike_the_first_is_refused_by_name():
+    first = {"id": np.arange(4), "image": np.zeros((4, 3), np.uint8)}
+    for other, match in (({"id": np.arange(4), "image": np.zeros((4, 5), np.uint8)}, "column 'image'.*uint8"),
+                         ({"id": np.arange(4), "image": np.zeros((4, 3), np.float32)}, "column 'image'.*float32"),
+                         ({"id": np.arange(4)}, r"columns \['id'\]")):
+        with pytest.raises(ValueError, match=match):
+            list(shuffled_batches([first, other], batch_size=2, buffer=4, seed=0))

@@ -13,22 +13,45 @@ def _rows(batch: Batch) -> int:
     return len(next(iter(batch.values())))
 
 
-def _joined(parts: list[Batch]) -> Batch:
-    return parts[0] if len(parts) == 1 else {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
-
-
-def _gather(parts: list[Batch], index: np.ndarray) -> Batch:
-    """Rows `index` of two parts laid end to end, without first concatenating the parts."""
-    if len(parts) == 1:
-        return {key: column[index] for key, column in parts[0].items()}
-    first = _rows(parts[0])
-    low, high = index[index < first], index[index >= first] - first
-    return {key: np.concatenate([parts[0][key][low], parts[1][key][high]]) for key in parts[0]}
-
-
 def pool_target(buffer: int, seen: int) -> int:
     """Rows the pool keeps after `seen` rows arrived: half of them while it fills, then `buffer`."""
     return min(buffer, seen // 2)
+
+
+class SlotPool:
+    """Rows held in fixed slots, one preallocated array per column: a row is copied in once and out once.
+
+    Chunks may be read-only views (of Ray's object store, say): rows are copied out of them as they go
+    in, so no chunk is held, and every batch taken out is a fresh array of its own.
+    """
+
+    def __init__(self, like: Batch, capacity: int):
+        self.columns = {key: np.empty((capacity, *column.shape[1:]), column.dtype) for key, column in like.items()}
+        self.queue = np.empty(0, np.int64)  # occupied slots, oldest first
+        self.free = np.arange(capacity)
+
+    @property
+    def held(self) -> int:
+        return len(self.queue)
+
+    def put(self, chunk: Batch, start: int, stop: int) -> None:
+        """Copy rows start:stop of `chunk` into free slots (stop - start <= len(self.free))."""
+        if chunk.keys() != self.columns.keys():
+            raise ValueError(f"a chunk has columns {sorted(chunk)}, the earlier ones {sorted(self.columns)}")
+        slots, self.free = self.free[:stop - start], self.free[stop - start:]
+        for key, column in self.columns.items():
+            rows = chunk[key]
+            if rows.shape[1:] != column.shape[1:] or rows.dtype != column.dtype:
+                raise ValueError(f"column {key!r}: rows of {rows.dtype} {rows.shape[1:]} after rows of "
+                                 f"{column.dtype} {column.shape[1:]}")
+            column[slots] = rows[start:stop]
+        self.queue = np.concatenate([self.queue, slots])
+
+    def take(self, positions: np.ndarray) -> Batch:
+        """The rows at `positions` of the queue (0 = the oldest), removed from the pool."""
+        slots = self.queue[positions]
+        self.queue, self.free = np.delete(self.queue, positions), np.concatenate([self.free, slots])
+        return {key: column[slots] for key, column in self.columns.items()}
 
 
 def shuffled_batches(chunks: Iterable[Batch], batch_size: int, buffer: int,
@@ -38,32 +61,27 @@ def shuffled_batches(chunks: Iterable[Batch], batch_size: int, buffer: int,
     `chunks` come in order (e.g. blocks of consecutive images); rows from many chunks mix in the pool, so
     an image's persons spread over batches and batches differ every epoch (seed per epoch). The same seed
     and chunks give the same batches. The last incomplete batch is dropped; `buffer=0` only re-batches, in
-    order. Each generation permutes the pool (the rows kept so far plus the chunks that came since), emits
-    all but `pool_target` rows and keeps those. The pool fills as rows come (keeping half of them, as
-    WebDataset's `initial`), so the first batch waits for two batches of rows, not for `buffer`; a
-    generation waits for at least half the pool's worth of new rows, so a row is copied at most ~3 times.
+    order. Rows go into a pool of `buffer + batch_size` slots as room frees up; each batch is drawn at
+    random from the rows held once the pool holds more than `pool_target` of them. The pool fills as rows
+    come (keeping half of them, as WebDataset's `initial`), so the first batch waits for two batches of
+    rows, not for `buffer`. A row is copied twice, into its slot and out with its batch, whatever the
+    chunk size: the pool never concatenates chunks or moves the rows it keeps.
     """
     if batch_size < 1 or buffer < 0:
         raise ValueError(f"batch_size must be >= 1 and buffer >= 0 (got {batch_size}, {buffer})")
-    rng, kept, pending, new, seen = np.random.default_rng(seed), None, [], 0, 0
+    rng, pool, seen = np.random.default_rng(seed), None, 0
+
+    def draw() -> np.ndarray:
+        return rng.choice(pool.held, batch_size, replace=False) if buffer else np.arange(batch_size)
+
     for chunk in chunks:
-        if not _rows(chunk):
-            continue
-        pending.append(chunk)
-        new, seen = new + _rows(chunk), seen + _rows(chunk)
-        keep, held = pool_target(buffer, seen), (_rows(kept) if kept is not None else 0)
-        if held + new - keep < batch_size or new < keep // 2:
-            continue
-        parts = ([kept] if kept is not None else []) + [_joined(pending)]
-        total, pending, new = held + new, [], 0
-        emitted = (total - keep) // batch_size * batch_size
-        order = rng.permutation(total) if buffer else np.arange(total)
-        for start in range(0, emitted, batch_size):
-            yield _gather(parts, order[start:start + batch_size])
-        kept = _gather(parts, order[emitted:])
-    rest = ([kept] if kept is not None else []) + pending
-    if rest:
-        last = _joined(rest)
-        order = rng.permutation(_rows(last)) if buffer else np.arange(_rows(last))
-        for start in range(0, len(order) - batch_size + 1, batch_size):
-            yield _gather([last], order[start:start + batch_size])
+        rows, start = _rows(chunk), 0
+        pool = pool if pool is not None or not rows else SlotPool(chunk, buffer + batch_size)
+        while start < rows:
+            stop = start + min(len(pool.free), rows - start)
+            pool.put(chunk, start, stop)
+            seen, start = seen + stop - start, stop
+            while pool.held - batch_size >= pool_target(buffer, seen):
+                yield pool.take(draw())
+    while pool is not None and pool.held >= batch_size:
+        yield pool.take(draw())
