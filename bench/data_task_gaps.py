@@ -1,17 +1,20 @@
 """Is Ray Data's data path held back by latency between its tasks, or by the CPU? Side by side in one run.
 
-    python bench/data_task_gaps.py [--images 1200] [--rows-per-file 300] [--passes 3] [--rounds 2] [--json]
+    python bench/data_task_gaps.py [--images 1200] [--rows-per-file 300] [--passes 3] [--rounds 2]
+                                   [--waits 0.02,0.01,0.005] [--input-size 96x64] [--json]
 
 The training stream (`build_dataset` + `train_batches`, as in bench/torchrun_vs_ray.py) over parts of
---rows-per-file images, read --passes times, with Ray Data's scheduling loop as shipped (it waits up to
-0.1 s in `ray.wait` for a task to finish) and with that wait cut to 5 ms; the two alternate --rounds
-times in one embedded Ray. Printed per side: samples/s, decode tasks running at once (Ray's timeline),
+--rows-per-file images, read --passes times, with Ray Data's scheduling loop as Ray ships it (it waits up
+to 0.1 s in `ray.wait` for its tasks to finish) and with that wait cut to each of --waits seconds (the
+embedded Ray runs with 0.01 s: cdkd_ray/ray_adapters/runtime.py); the sides alternate --rounds times in
+one embedded Ray. Printed per side: samples/s, decode tasks running at once (Ray's timeline),
 the mean idle gap on a data worker between two of its tasks, the mean task length, and how busy the
 machine's CPUs were (/proc/stat) while the stream ran.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import os
@@ -20,11 +23,25 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _streams import stream_arguments, synthetic_shards  # noqa: E402
-from torchrun_vs_ray import BASE, CORES, experiment, single_process_rate, tasks_running, timed_stream  # noqa: E402
+from _streams import input_size, stream_arguments, synthetic_shards  # noqa: E402
+from torchrun_vs_ray import (  # noqa: E402
+    BASE, CORES, experiment, single_process_rate, tasks_running, timed_stream, use_input_size,
+)
 
 TASK = "_instances_udf"
-WAITS = {"as shipped (0.1 s wait)": None, "5 ms wait": 0.005}
+RAYS_WAIT_S = 0.1  # Ray Data 2.60's WAIT_FOR_TASK_COMPLETION_TIMEOUT_S
+SHIPPED = "Ray's 0.1 s wait"
+
+
+def wait_sides(text: str) -> dict[str, float]:
+    """'0.01,0.005' -> {"Ray's 0.1 s wait": 0.1, "10 ms wait": 0.01, "5 ms wait": 0.005} (argparse type)."""
+    try:
+        waits = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give seconds, comma-separated (0.02,0.005)") from None
+    if not all(0 < w < 10 for w in waits):
+        raise argparse.ArgumentTypeError(f"{text!r}: each wait must be between 0 and 10 s")
+    return {SHIPPED: RAYS_WAIT_S, **{f"{w * 1000:g} ms wait": w for w in waits}}
 
 
 def cpu_ticks() -> tuple[int, int]:
@@ -88,7 +105,7 @@ def gaps_and_lengths(spans: dict[str, list[tuple[float, float]]]) -> tuple[float
     return (statistics.mean(gaps) if gaps else float("nan")), statistics.mean(lengths)
 
 
-def one_stream(shards: str, passes: int, wait_s: float | None) -> dict:
+def one_stream(shards: str, passes: int, wait_s: float) -> dict:
     """One measured stream (after a warm-up one) with the executor's completion wait at `wait_s`."""
     from ray.data._internal.execution import streaming_executor_state as executor_state
 
@@ -96,8 +113,8 @@ def one_stream(shards: str, passes: int, wait_s: float | None) -> dict:
     from cdkd_ray.core.experiment import ExperimentConfig
     from cdkd_ray.ray_adapters.pipeline import build_dataset, train_batches
 
-    shipped = executor_state.WAIT_FOR_TASK_COMPLETION_TIMEOUT_S
-    executor_state.WAIT_FOR_TASK_COMPLETION_TIMEOUT_S = wait_s or shipped
+    before = executor_state.WAIT_FOR_TASK_COMPLETION_TIMEOUT_S
+    executor_state.WAIT_FOR_TASK_COMPLETION_TIMEOUT_S = wait_s
     try:
         cfg = experiment(1, 1)
         cfg = dataclasses.replace(cfg, data=load_config(ExperimentConfig, "synth-cpu", BASE).data)
@@ -109,7 +126,7 @@ def one_stream(shards: str, passes: int, wait_s: float | None) -> dict:
         until, procs1 = time.time(), process_cpu()
         idle1, all1 = cpu_ticks()
     finally:
-        executor_state.WAIT_FOR_TASK_COMPLETION_TIMEOUT_S = shipped
+        executor_state.WAIT_FOR_TASK_COMPLETION_TIMEOUT_S = before
     gap, length = gaps_and_lengths(task_spans(since, until))
     return {"samples_per_s": rate, "tasks_running": tasks_running(TASK, since, until), "gap_s": gap,
             "task_s": length, "machine_busy": 1 - (idle1 - idle0) / max(all1 - all0, 1),
@@ -117,7 +134,14 @@ def one_stream(shards: str, passes: int, wait_s: float | None) -> dict:
 
 
 def main() -> None:
-    args = stream_arguments(__doc__, passes=3, rounds=2)
+    def more(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--waits", type=wait_sides, default=wait_sides("0.02,0.01,0.005"),
+                            help="executor waits to try beside Ray's 0.1 s, in seconds")
+        parser.add_argument("--input-size", type=input_size, default=(96, 64), help="crop size HxW")
+
+    args = stream_arguments(__doc__, passes=3, rounds=2, more=more)
+    use_input_size(args.input_size)
+    waits = args.waits
     import ray
 
     from cdkd_ray.ray_adapters.runtime import ensure_ray
@@ -125,9 +149,9 @@ def main() -> None:
     shards = synthetic_shards(args.images, args.rows_per_file, "cdkd-gaps-bench-")
     one_core = single_process_rate(shards, 1)["steady"]
     ensure_ray()
-    sides: dict[str, list[dict]] = {side: [] for side in WAITS}
+    sides: dict[str, list[dict]] = {side: [] for side in waits}
     for _ in range(args.rounds):
-        for side, wait_s in WAITS.items():
+        for side, wait_s in waits.items():
             sides[side].append(one_stream(shards, args.passes, wait_s))
     ray.shutdown()
     mean = {side: {k: statistics.mean(r[k] for r in runs) for k in runs[0] if k != "cores_by_role"}
@@ -146,11 +170,11 @@ def main() -> None:
     for side, m in mean.items():
         print(f"  {side}: " + "; ".join(f"{role} {cores:.2f}" for role, cores in m["cores_by_role"].items()
                                         if cores >= 0.005))
-    shipped, short = (mean[side]["samples_per_s"] for side in WAITS)
-    print(f"5 ms wait / as shipped: {short / shipped:.2f}x samples/s")
+    ratios = {side: mean[side]["samples_per_s"] / mean[SHIPPED]["samples_per_s"] for side in waits if side != SHIPPED}
+    print("; ".join(f"{side} / Ray's: {ratio:.2f}x samples/s" for side, ratio in ratios.items()))
     if args.json:
-        print(json.dumps({"one_core_samples_per_s": one_core, "cores": CORES, "sides": sides, "mean": mean,
-                          "short_wait_vs_shipped": short / shipped}))
+        print(json.dumps({"one_core_samples_per_s": one_core, "cores": CORES, "input_size": args.input_size,
+                          "sides": sides, "mean": mean, "vs_rays_wait": ratios}))
 
 
 if __name__ == "__main__":

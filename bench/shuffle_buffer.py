@@ -1,11 +1,13 @@
 """What the training stream's shuffle buffer costs the consuming process: Ray's against the core's, side by side.
 
-    python bench/shuffle_buffer.py [--images 1200] [--rows-per-file 300] [--passes 2] [--rounds 3] [--json]
+    python bench/shuffle_buffer.py [--images 1200] [--rows-per-file 300] [--passes 2] [--rounds 3]
+                                   [--input-size 96x64] [--json]
 
 Three consumers of the same stream of person instances, batch 16, alternating --rounds times in one
 embedded Ray, each over a materialised dataset (the consumer alone) and over the streaming data path:
 - "Ray's buffer": `iter_torch_batches(local_shuffle_buffer_size=512)`, as cdkd-ray did until 2026-12-03;
-- "core buffer": `train_batches`, the core's numpy buffer of 512 instances (`shuffled_batches`);
+- "core buffer": `train_batches`, the core's numpy slot pool of 512 instances (`shuffled_batches`) over the
+  blocks' record batches as views;
 - "no buffer": `iter_torch_batches` without one (files shuffled only), the floor.
 Printed: samples/s, and the CPU-seconds this process spent per 1,000 samples (all its threads: Ray
 Data's iterator threads, its streaming executor, the buffer). Ratios are against Ray's buffer.
@@ -19,8 +21,8 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _streams import print_report, stream_arguments, synthetic_shards  # noqa: E402
-from torchrun_vs_ray import BASE, experiment  # noqa: E402
+from _streams import input_size, print_report, stream_arguments, synthetic_shards  # noqa: E402
+from torchrun_vs_ray import BASE, experiment, use_input_size  # noqa: E402
 
 
 RAYS = "Ray's buffer"
@@ -70,7 +72,9 @@ def measure(shards: str, passes: int, rounds: int) -> dict[str, dict[str, list[d
 
 
 def main() -> None:
-    args = stream_arguments(__doc__, passes=2, rounds=3)
+    args = stream_arguments(__doc__, passes=2, rounds=3, more=lambda p: p.add_argument(
+        "--input-size", type=input_size, default=(96, 64), help="crop size HxW (256x192 is the models' default)"))
+    use_input_size(args.input_size)
     import ray
 
     from cdkd_ray.ray_adapters.runtime import ensure_ray

@@ -15,8 +15,9 @@ runs alternate between the sides, `--rounds` times. Printed:
    start-up does not hide the rate; the time to the first batch is printed apart): one process (no Ray,
    no DataLoader), DataLoader with shuffle, Ray Data (`build_dataset` + `train_batches` with the
    instance shuffle buffer, and without it; with --big-part-rows also over the same images in larger
-   parts, twice as shipped and twice with Ray Data's per-operator object-store reservation, alternating),
-   per core against the one-process path, and how many decode tasks ran at once on average
+   parts, three times each as shipped, with Ray Data's per-operator object-store reservation, and in one
+   process, alternating), per core against the one-process path (the large parts against their own
+   one-process runs, taken between theirs), and how many decode tasks ran at once on average
    (from Ray's task timeline), against plain Ray tasks of 0.1 s kept as many in flight as cores
    (--rounds 0 stops here);
 2. training, samples/s: torchrun (DDP, gloo) + DataLoader vs Ray Train + Ray Data, and the ratios.
@@ -204,10 +205,14 @@ def ray_data_reservation(enabled: bool):
         ctx.op_resource_reservation_enabled = before
 
 
-def big_parts_both_ways(big_parts: str, passes: int, rounds: int = 2) -> dict:
-    """The large parts' stream as shipped (no per-operator reservation) and with Ray Data's default, alternating."""
-    runs: dict[str, list[dict]] = {"ray_data_big_parts": [], "ray_data_big_parts_reserved": []}
+def big_parts_both_ways(big_parts: str, passes: int, rounds: int = 3) -> dict:
+    """The large parts' stream as shipped (no per-operator reservation) and with Ray Data's default, and the
+    one-process path over the same parts, alternating: the per-core ratio compares runs seconds apart (this
+    machine's speed drifts by up to 2x within a day, and ~20% within minutes)."""
+    runs: dict[str, list[dict]] = {"single_process_big_parts": [], "ray_data_big_parts": [],
+                                   "ray_data_big_parts_reserved": []}
     for _ in range(rounds):
+        runs["single_process_big_parts"].append(single_process_rate(big_parts, passes))
         for key, reserved in (("ray_data_big_parts_reserved", True), ("ray_data_big_parts", False)):
             with ray_data_reservation(reserved):
                 runs[key].append(ray_data_rate(big_parts, passes))
@@ -287,6 +292,8 @@ def report(measured: dict) -> dict:
               "dataloader_per_core_vs_single_process": data["dataloader"]["steady"] / CORES / one,
               "shuffle_buffer_cost": 1 - data["ray_data"]["steady"] / data["ray_data_no_shuffle"]["steady"]}
     if "ray_data_big_parts" in data:
+        result["big_parts_per_core_vs_single_process"] = (data["ray_data_big_parts"]["steady"] / CORES
+                                                          / data["single_process_big_parts"]["steady"])
         result["big_parts_vs_small_parts"] = data["ray_data_big_parts"]["steady"] / data["ray_data"]["steady"]
         result["big_parts_unreserved_vs_reserved"] = (data["ray_data_big_parts"]["steady"]
                                                       / data["ray_data_big_parts_reserved"]["steady"])
@@ -301,18 +308,20 @@ def report(measured: dict) -> dict:
 def data_lines(data: dict, one: float) -> list[str]:
     lines = [f"{'data path alone (one long stream, start-up included)':<52}{'samples/s':>10}{'per core':>10}"
              f"{'start-up':>10}{'tasks at once':>15}"]
-    for label, key, cores in (("one process, one core (reference)", "single_process", 1),
-                              (f"DataLoader shuffle=True, {CORES} workers", "dataloader", CORES),
-                              ("Ray Data + instance shuffle buffer", "ray_data", CORES),
-                              ("Ray Data, no shuffle buffer", "ray_data_no_shuffle", CORES),
-                              ("large parts, Ray Data's per-operator reservation", "ray_data_big_parts_reserved",
-                               CORES),
-                              ("Ray Data + shuffle buffer, large parts", "ray_data_big_parts", CORES)):
+    big = data.get("single_process_big_parts", {}).get("steady", one)  # the large parts' own reference
+    for label, key, cores, reference in (
+            ("one process, one core (reference)", "single_process", 1, one),
+            (f"DataLoader shuffle=True, {CORES} workers", "dataloader", CORES, one),
+            ("Ray Data + instance shuffle buffer", "ray_data", CORES, one),
+            ("Ray Data, no shuffle buffer", "ray_data_no_shuffle", CORES, one),
+            ("large parts, one process (reference beside them)", "single_process_big_parts", 1, big),
+            ("large parts, Ray Data's per-operator reservation", "ray_data_big_parts_reserved", CORES, big),
+            ("Ray Data + shuffle buffer, large parts", "ray_data_big_parts", CORES, big)):
         d = data.get(key)
         if d:
             running = f"{d['tasks_running']:>12.2f}/{CORES}" if "tasks_running" in d else ""
-            lines.append(f"{label:<52}{d['steady']:>10.1f}{d['steady'] / cores / one:>9.2f}x{d['startup_s']:>9.2f}s"
-                         f"{running}")
+            lines.append(f"{label:<52}{d['steady']:>10.1f}{d['steady'] / cores / reference:>9.2f}x"
+                         f"{d['startup_s']:>9.2f}s{running}")
     if "ray_data_big_parts_reserved" in data:
         unreserved, reserved = data["ray_data_big_parts"], data["ray_data_big_parts_reserved"]
         lines.append(f"large parts without the per-operator reservation (as shipped) / with it: "

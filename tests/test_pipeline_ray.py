@@ -208,24 +208,32 @@ def test_decode_tasks_are_capped_at_the_cores_of_an_over_declared_local_ray(ray_
     assert map_task_limit(dataclasses.replace(CFG, max_tasks=3)) == 3
 
 
-def test_the_embedded_rays_datasets_have_no_per_operator_reservation_in_the_driver_and_its_workers(ray_session):
+def test_the_embedded_rays_datasets_are_fitted_to_one_box_in_the_driver_and_its_workers(ray_session):
     """The embedded Ray's 768 MiB store held Ray Data to one decode task at a time with large parts
-    (bench/torchrun_vs_ray.py); datasets made in the driver, a task or an actor (a Tune trial) go without
-    the reservation, and a dataset still streams through a pool of actors under it."""
+    (bench/torchrun_vs_ray.py), and its executor's 0.1 s wait per round left each data worker idle ~0.1 s
+    after a task (bench/data_task_gaps.py); datasets made in the driver, a task or an actor (a Tune trial,
+    Train's split coordinator) run without the reservation and with the short wait, and a dataset still
+    streams through a pool of actors so."""
     import ray
     import ray.data
 
-    def reserved() -> bool:
-        return ray.data.DataContext.get_current().op_resource_reservation_enabled
+    from cdkd_ray.ray_adapters.runtime import LOCAL_EXECUTOR_WAIT_S
+
+    def fitted() -> tuple:
+        from ray.data._internal.execution import streaming_executor_state
+
+        return (ray.data.DataContext.get_current().op_resource_reservation_enabled,
+                streaming_executor_state.WAIT_FOR_TASK_COMPLETION_TIMEOUT_S)
 
     @ray.remote(num_cpus=0)
     class Trial:
-        def reserved(self) -> bool:
-            return reserved()
+        def fitted(self) -> tuple:
+            return fitted()
 
-    assert reserved() is False
-    assert ray.get(ray.remote(num_cpus=0)(reserved).remote()) is False
-    assert ray.get(Trial.remote().reserved.remote()) is False
+    assert LOCAL_EXECUTOR_WAIT_S < 0.1
+    assert fitted() == (False, LOCAL_EXECUTOR_WAIT_S)
+    assert ray.get(ray.remote(num_cpus=0)(fitted).remote()) == (False, LOCAL_EXECUTOR_WAIT_S)
+    assert ray.get(Trial.remote().fitted.remote()) == (False, LOCAL_EXECUTOR_WAIT_S)
 
     class AddOne:
         def __call__(self, batch):
