@@ -45,6 +45,7 @@ def train_loop_per_worker(config: dict) -> None:
     val_shard = ray.train.get_dataset_shard("val") if rank == 0 else None
     if recovered:  # what the interrupted run did not record is recorded now, before the next epoch
         _report_recovered(recovered, rank)
+        recovered = None  # its files and decoded states (a checkpoint's size twice) are not kept for the run
     for epoch in range(session.start_epoch, cfg.train.epochs):
         batches = train_batches(train_shard, cfg, epoch, rank)
         if config.get("teacher_actors"):  # the run's persistent teacher pool labels each batch a few batches ahead
