@@ -12,10 +12,14 @@ import io
 import json
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from cdkd_ray.core.errors import CheckpointError
+
+if TYPE_CHECKING:
+    from cdkd_ray.core.storage import Location
 
 MODEL_FILE = "model.pt"
 OPTIMIZER_FILE = "optimizer.pt"
@@ -42,7 +46,7 @@ def save_checkpoint(directory: str, model_state: dict, optimizer_state: dict | N
         json.dump(trainer_state, f, indent=1, default=str)
 
 
-def checkpoint_files(directory) -> dict[str, bytes]:
+def checkpoint_files(directory: str | Location) -> dict[str, bytes]:
     """The raw files of a checkpoint directory (a path, s3:// URI or Location); model.pt is required."""
     from cdkd_ray.core.storage import Location, resolve
 
@@ -94,8 +98,8 @@ class RecoveredCheckpoint:
     state: dict
 
 
-def newest_unrecorded_checkpoint(run_dir, after_epoch: int) -> RecoveredCheckpoint | None:
-    """The newest whole training checkpoint in `run_dir` (a Location) past `after_epoch`, if any.
+def newest_unrecorded_checkpoint(run_dir: Location, after_epoch: int) -> RecoveredCheckpoint | None:
+    """The newest whole training checkpoint in `run_dir` past `after_epoch`, if any.
 
     A run stopped between writing an epoch's checkpoint and recording it (Ctrl-C, a lost driver) leaves
     a checkpoint that Ray Train's records do not hold; resuming from those records alone trains that epoch
