@@ -103,3 +103,16 @@ def constant_onnx_detector(path: str, dets: list[list[float]], labels: list[int]
     torch.onnx.export(Constant(), (torch.zeros(1, 3, *size),), path, input_names=["input"],
                       output_names=["dets", "labels"], opset_version=17, dynamo=False)
     return path
+
+
+def reports_to_file(path: str):
+    """A Ray Train callback that appends each report's metrics (as Tune would get them) to a JSON-lines file."""
+    from ray.train.v2.api.callback import UserCallback
+
+    class ReportsToFile(UserCallback):
+        def after_report(self, run_context, metrics, checkpoint):
+            with open(path, "a") as f:
+                f.write(json.dumps({**metrics[0], **({"checkpoint_path": checkpoint.path} if checkpoint else {})},
+                                   default=str) + "\n")
+
+    return ReportsToFile()

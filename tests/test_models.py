@@ -216,27 +216,34 @@ def test_export_refuses_a_folder_that_is_not_an_earlier_export(tmp_path):
 
 def test_an_unrecorded_checkpoint_is_found_only_whole_and_past_the_recorded_epoch(tmp_path):
     """A run stopped between writing an epoch's checkpoint and Ray Train recording it leaves that checkpoint
-    in the run folder: the resume takes the newest whole one past the recorded epoch and passes over a
-    partly written one (a truncated model, no optimizer, a state for another epoch)."""
-    from cdkd_ray.core.checkpoint import load_checkpoint, newest_unrecorded_checkpoint
+    in the run folder: the resume takes the newest whole one past the recorded epoch and passes over (and
+    names, for removal) the partly written ones above it: a truncated model, no optimizer, a trainer state
+    alone (Ray copies a checkpoint's files in parallel, the small state first), a state of another epoch."""
+    from cdkd_ray.core.checkpoint import UnrecordedCheckpoints, load_checkpoint, unrecorded_checkpoints
     from cdkd_ray.core.storage import resolve
 
     model = {"w": torch.arange(6.0)}
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=0.1).state_dict()
-    for epoch in range(5):
+    for epoch in range(6):
         save_checkpoint(str(tmp_path / f"checkpoint_epoch{epoch:04d}"), {"w": model["w"] + epoch}, optimizer,
                         {"epoch": epoch, "step": 2 * epoch, "metrics": {"epoch": epoch}, "history": []})
     whole = (tmp_path / "checkpoint_epoch0002" / "model.pt").read_bytes()
     (tmp_path / "checkpoint_epoch0004" / "model.pt").write_bytes(whole[: len(whole) // 2])  # upload cut off
     (tmp_path / "checkpoint_epoch0003" / "optimizer.pt").unlink()
+    for name in ("model.pt", "optimizer.pt"):
+        (tmp_path / "checkpoint_epoch0005" / name).unlink()
     (tmp_path / "summary.json").write_text("{}")
     run_dir = resolve(str(tmp_path))
-    found = newest_unrecorded_checkpoint(run_dir, after_epoch=0)
-    assert found.name == "checkpoint_epoch0002" and found.state["epoch"] == 2
-    assert torch.equal(found.model["w"], model["w"] + 2) and found.files["model.pt"] == whole
-    assert newest_unrecorded_checkpoint(run_dir, after_epoch=2) is None  # 3 and 4 are not whole
-    assert newest_unrecorded_checkpoint(run_dir, after_epoch=-1).name == "checkpoint_epoch0002"
+    found = unrecorded_checkpoints(run_dir, after_epoch=0)
+    assert found.newest.name == "checkpoint_epoch0002" and found.newest.state["epoch"] == 2
+    assert torch.equal(found.newest.model["w"], model["w"] + 2) and found.newest.files["model.pt"] == whole
+    assert found.incomplete == ("checkpoint_epoch0005", "checkpoint_epoch0004", "checkpoint_epoch0003")
+    above = unrecorded_checkpoints(run_dir, after_epoch=2)  # nothing whole past the record: all three named
+    assert above.newest is None and above.incomplete == found.incomplete
+    assert unrecorded_checkpoints(run_dir, after_epoch=-1).newest.name == "checkpoint_epoch0002"
+    assert unrecorded_checkpoints(run_dir, after_epoch=5) == UnrecordedCheckpoints(None, ())
     (tmp_path / "checkpoint_epoch0002" / "trainer_state.json").write_text('{"epoch": 1, "step": 2, "history": []}')
-    assert newest_unrecorded_checkpoint(run_dir, after_epoch=0).name == "checkpoint_epoch0001"
+    found = unrecorded_checkpoints(run_dir, after_epoch=0)
+    assert found.newest.name == "checkpoint_epoch0001" and found.incomplete[-1] == "checkpoint_epoch0002"
     with pytest.raises(CheckpointError, match=r"checkpoint_epoch0004/model.pt cannot be read .*incomplete or corrupt"):
         load_checkpoint(str(tmp_path / "checkpoint_epoch0004"))

@@ -9,6 +9,7 @@ import sys
 import time
 
 import pytest
+import torch
 import yaml
 
 from cdkd_ray.ray_adapters.sweep_config import SweepConfig
@@ -51,10 +52,21 @@ def _interrupt_after_first_checkpoint(args: list[str], env: dict, train_runs) ->
     return started
 
 
+def _whole(checkpoint) -> bool:
+    """Whether a checkpoint directory's model, optimizer and trainer state all read back."""
+    try:
+        for name in ("model.pt", "optimizer.pt"):
+            torch.load(checkpoint / name, map_location="cpu", weights_only=True)
+        json.loads((checkpoint / "trainer_state.json").read_bytes())
+    except Exception:  # missing, truncated, refused, not JSON
+        return False
+    return True
+
+
 def _check_sweep_outputs(result: dict, sweep_dir) -> None:
     rows = result["trials"]
     assert len(rows) == 4 and result["stopped_early"] >= 1
-    assert any(r["epochs"] < 3 for r in rows) and any(r["epochs"] == 3 for r in rows)
+    assert any(r["epochs"] < 3 for r in rows) and any(r["epochs"] == 3 for r in rows), rows
     table = list(csv.DictReader(open(sweep_dir / "sweep.csv")))
     # best first by the one definition of "best" (val AP, ties broken by the lower GT loss)
     assert [float(r["score"]) for r in table] == sorted((float(r["score"]) for r in table), reverse=True)
@@ -79,8 +91,9 @@ def test_asha_sweep_interrupted_and_resumed_keeps_finished_work_and_writes_outpu
     started = _interrupt_after_first_checkpoint(args, env, tmp_path / "out" / "s2" / "train_runs")
     assert started, "no trial checkpointed before the interrupt"
     assert not (tmp_path / "out" / "s2" / "sweep.csv").exists()  # the interrupt came before the sweep ended
+    # the checkpoints written whole before the Ctrl-C (one being copied then is partial: trained again)
     snapshot = {state: state.read_bytes()
-                for run in started for state in run.glob("checkpoint_epoch*/trainer_state.json")}
+                for run in started for state in run.glob("checkpoint_epoch*/trainer_state.json") if _whole(state.parent)}
     proc = subprocess.run(args + ["--resume", "--json"], env=env, capture_output=True, text=True, timeout=560)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Failed to fetch metrics" not in proc.stderr  # a trial without results is said in one line of ours
@@ -94,6 +107,8 @@ def test_asha_sweep_interrupted_and_resumed_keeps_finished_work_and_writes_outpu
             saved = json.loads(data)
             latest = max(state.parent.parent.glob("checkpoint_epoch*/trainer_state.json"))
             assert json.loads(latest.read_bytes())["history"][saved["epoch"]] == saved["history"][-1]
+    # and no partial checkpoint is left behind: each trial's resume removed what it could not use
+    assert all(_whole(c) for c in (tmp_path / "out" / "s2" / "train_runs").glob("trial_*/checkpoint_epoch*"))
     _check_sweep_outputs(summary, tmp_path / "out" / "s2")
     again = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
     assert again.returncode == 2 and "already exists" in again.stderr and "--resume" in again.stderr

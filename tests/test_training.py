@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import threading
 import time
@@ -13,7 +14,7 @@ from cdkd_ray.core.config import load_config
 from cdkd_ray.core.models.pose_resnet import ModelConfig, PoseResNet
 from cdkd_ray.core.experiment import ExperimentConfig, RunKind
 from cdkd_ray.ray_adapters.train_driver import run_training
-from tests.helpers import processes_mentioning, truncate_first_image
+from tests.helpers import processes_mentioning, reports_to_file, truncate_first_image
 
 pytestmark = pytest.mark.timeout(420)
 
@@ -100,13 +101,28 @@ def test_distill_with_pool_survives_a_killed_worker_then_resumes_with_outputs(ra
     # the same command with more epochs resumes from the last checkpoint instead of restarting, even one Ray
     # Train had not recorded: a Ctrl-C between an epoch's upload and its record once made a sweep train it again
     assert _forget_last_checkpoint(run_dir) == "checkpoint_epoch0001"
+    # and part of a later one, as an upload cut off leaves it (Ray copies the small trainer state first):
+    # nothing can resume from it, so the resume removes it rather than leave it in the run folder for good
+    partial = os.path.join(run_dir, "checkpoint_epoch0003")
+    os.makedirs(partial)
+    shutil.copy(os.path.join(run_dir, "checkpoint_epoch0001", "trainer_state.json"), partial)
     second = run_training(tiny("train.epochs=3", "train.max_steps_per_epoch=6"), RunKind.CDKD, synth_shards,
                           str(storage), "cdkd-a", teacher_checkpoint=teacher_file)
     resumed = history(second["run_dir"])
     assert second["teacher_placement"] == "worker"  # the default, auto, keeps the teacher in the worker on CPUs
     assert [r["epoch"] for r in resumed] == [0, 1, 2]
+    assert not os.path.exists(partial)
     assert resumed[:2] == rows  # restored history, nothing re-run (a retrained epoch has other times and losses)
     assert rows[0]["data_digest"] != rows[1]["data_digest"]  # each epoch is augmented and shuffled afresh
+    # a finished run resumed again trains nothing but says its last epoch again: a sweep stopped after a trial's
+    # last report reached Train but before Tune recorded it once showed a trial that trained 3 epochs as stopped at 2
+    reports = tmp_path / "reports.jsonl"
+    third = run_training(tiny("train.epochs=3", "train.max_steps_per_epoch=6"), RunKind.CDKD, synth_shards,
+                         str(storage), "cdkd-a", teacher_checkpoint=teacher_file, callbacks=[reports_to_file(reports)])
+    said = [json.loads(line) for line in reports.read_text().splitlines()]
+    assert history(third["run_dir"]) == resumed and len(said) == 1
+    assert said[0]["epochs_done"] == 3 and said[0]["loss"] == resumed[-1]["loss"]
+    assert said[0]["checkpoint_path"] == third["latest_checkpoint"] and third["latest_checkpoint"].endswith("0002")
     # (that a baseline sees the same batches as CDKD for the same seed is checked by the compare study's test)
 
 

@@ -98,22 +98,35 @@ class RecoveredCheckpoint:
     state: dict
 
 
-def newest_unrecorded_checkpoint(run_dir: Location, after_epoch: int) -> RecoveredCheckpoint | None:
-    """The newest whole training checkpoint in `run_dir` past `after_epoch`, if any.
+@dataclass(frozen=True)
+class UnrecordedCheckpoints:
+    """What a run's folder holds past its recorded epoch: the newest whole checkpoint, and the partly
+    written ones newer than it (names), which nothing will ever read and a resume removes."""
+
+    newest: RecoveredCheckpoint | None
+    incomplete: tuple[str, ...]
+
+
+def unrecorded_checkpoints(run_dir: Location, after_epoch: int) -> UnrecordedCheckpoints:
+    """The checkpoints in `run_dir` past `after_epoch` that Ray Train's records do not hold.
 
     A run stopped between writing an epoch's checkpoint and recording it (Ctrl-C, a lost driver) leaves
-    a checkpoint that Ray Train's records do not hold; resuming from those records alone trains that epoch
-    again. Whole means model, optimizer and trainer state all read back and name this epoch; a partly
-    written one is passed over for the next older.
+    a checkpoint that the records lack; resuming from the records alone trains that epoch again. One
+    stopped while writing leaves part of one (Ray copies a checkpoint's files in parallel, the small
+    trainer state first). Whole means model, optimizer and trainer state all read back and name this
+    epoch; the newest whole one is returned, with the names of the partial ones found above it.
     """
     found = sorted(((epoch, name) for name in run_dir.listdir_names()
                     if (epoch := epoch_of_checkpoint(name)) is not None and epoch > after_epoch), reverse=True)
+    incomplete = []
     for epoch, name in found:
         try:
             files = checkpoint_files(run_dir.join(name))
             model, optimizer, state = decode_checkpoint(files, run_dir.join(name).uri)
-        except CheckpointError:
+        except (CheckpointError, OSError):  # OSError: removed while read (by another worker's resume)
+            incomplete.append(name)
             continue
         if optimizer is not None and state.get("epoch") == epoch and "history" in state:
-            return RecoveredCheckpoint(name, files, model, optimizer, state)
-    return None
+            return UnrecordedCheckpoints(RecoveredCheckpoint(name, files, model, optimizer, state), tuple(incomplete))
+        incomplete.append(name)
+    return UnrecordedCheckpoints(None, tuple(incomplete))

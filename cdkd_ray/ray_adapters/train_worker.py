@@ -9,7 +9,7 @@ import tempfile
 import torch
 
 from cdkd_ray.core.checkpoint import (
-    RecoveredCheckpoint, checkpoint_dir_name, newest_unrecorded_checkpoint, save_checkpoint,
+    RecoveredCheckpoint, checkpoint_dir_name, save_checkpoint, unrecorded_checkpoints,
 )
 from cdkd_ray.core.config import from_dict
 from cdkd_ray.core.experiment import ExperimentConfig, RunKind
@@ -46,6 +46,8 @@ def train_loop_per_worker(config: dict) -> None:
     if recovered:  # what the interrupted run did not record is recorded now, before the next epoch
         _report_recovered(recovered, rank)
         recovered = None  # its files and decoded states (a checkpoint's size twice) are not kept for the run
+    elif session.start_epoch >= cfg.train.epochs and session.history:
+        _report_finished(session)
     for epoch in range(session.start_epoch, cfg.train.epochs):
         batches = train_batches(train_shard, cfg, epoch, rank)
         if config.get("teacher_actors"):  # the run's persistent teacher pool labels each batch a few batches ahead
@@ -70,7 +72,8 @@ def train_loop_per_worker(config: dict) -> None:
 
 def _restore(session, config: dict, rank: int) -> RecoveredCheckpoint | None:
     """Continue from Ray Train's latest recorded checkpoint, or from a newer one the run wrote but never
-    recorded (returned: it must be reported again, or Train and Tune would not know that epoch)."""
+    recorded (returned: it must be reported again, or Train and Tune would not know that epoch). Rank 0
+    removes the partly written checkpoints an interrupted run left above it."""
     import ray.train
 
     checkpoint = ray.train.get_checkpoint()
@@ -80,13 +83,30 @@ def _restore(session, config: dict, rank: int) -> RecoveredCheckpoint | None:
     if not config.get("run_dir"):
         return None
     run_dir = resolve(config["run_dir"], config.get("s3_endpoint"))
-    recovered = newest_unrecorded_checkpoint(run_dir, session.start_epoch - 1)
-    if recovered:
-        apply_checkpoint(session, recovered.model, recovered.optimizer, recovered.state)
-        if rank == 0:
-            print(f"resuming from {recovered.name}: the interrupted run wrote it but stopped before recording it, "
-                  "so its epoch is kept, not trained again", file=sys.stderr, flush=True)
-    return recovered
+    found = unrecorded_checkpoints(run_dir, session.start_epoch - 1)
+    if found.newest:
+        apply_checkpoint(session, found.newest.model, found.newest.optimizer, found.newest.state)
+    if rank == 0:
+        for name in found.incomplete:
+            run_dir.join(name).remove()
+            print(f"removed {name}: the interrupted run stopped while writing it", file=sys.stderr, flush=True)
+        if found.newest:
+            print(f"resuming from {found.newest.name}: the interrupted run wrote it but stopped before recording "
+                  "it, so its epoch is kept, not trained again", file=sys.stderr, flush=True)
+    return found.newest
+
+
+def _report_finished(session) -> None:
+    """A resumed run with nothing left to train says its last epoch again, with its checkpoint's path.
+
+    A sweep stopped after a trial's last report reached Ray Train but before Tune recorded it resumes that
+    trial with nothing to train; without this report Tune would keep it at an earlier epoch (stopped early
+    in the sweep's table, the wrong last checkpoint). The checkpoint is not reported again: Train holds it.
+    """
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    ray.train.report({**session.history[-1], **({"checkpoint_path": checkpoint.path} if checkpoint else {})})
 
 
 def _report_recovered(recovered: RecoveredCheckpoint, rank: int) -> None:
