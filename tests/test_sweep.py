@@ -241,3 +241,28 @@ def test_a_trial_resumed_from_its_own_checkpoint_counts_the_epochs_it_trained_be
     assert (first["p"], first["epochs"], first["stopped_early"]) == (0.2, 3, False)
     assert (first["AP"], first["best_epoch"]) == (0.5, 0)  # its best epoch came before the interrupt
     assert (second["epochs"], second["stopped_early"]) == (1, True)
+
+
+def test_a_checkpoint_cut_off_by_an_asha_stop_is_removed_before_the_best_is_chosen(tmp_path, capsys):
+    """A trial trains on while Tune weighs its report; ASHA stopping it mid-copy of the next checkpoint leaves
+    that one's trainer state (copied first) without a whole model. The best-checkpoint search read any trainer
+    state, so such a leftover with a better score was chosen for export (and could not be loaded)."""
+    from cdkd_ray.core.checkpoint import save_checkpoint
+    from cdkd_ray.ray_adapters.sweep import best_checkpoint_of, remove_partial_checkpoints
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=0.1).state_dict()
+    runs = tmp_path / "train_runs"
+    for trial, epochs in (("trial_a", 3), ("trial_b", 2)):
+        for epoch in range(epochs):
+            save_checkpoint(str(runs / trial / f"checkpoint_epoch{epoch:04d}"), {"w": torch.ones(3)}, optimizer,
+                            {"epoch": epoch, "metrics": {"AP": 0.1 * epoch, "loss_gt": 1e-3}, "history": []})
+    cut = runs / "trial_a" / "checkpoint_epoch0002" / "model.pt"
+    cut.write_bytes(cut.read_bytes()[:100])  # trial_a reported epoch 1, then was stopped copying epoch 2
+    rows = [{"last_checkpoint": str(runs / "trial_a" / "checkpoint_epoch0001")},
+            {"last_checkpoint": str(runs / "trial_b" / "checkpoint_epoch0001")}, {"last_checkpoint": ""}]
+    assert best_checkpoint_of(rows[0]["last_checkpoint"], remote=False).endswith("trial_a/checkpoint_epoch0002")
+    remove_partial_checkpoints(rows, remote=False)
+    assert sorted(p.name for p in (runs / "trial_a").iterdir()) == ["checkpoint_epoch0000", "checkpoint_epoch0001"]
+    assert len(list((runs / "trial_b").iterdir())) == 2
+    assert best_checkpoint_of(rows[0]["last_checkpoint"], remote=False).endswith("trial_a/checkpoint_epoch0001")
+    assert "trial_a/checkpoint_epoch0002: its trial was stopped while writing it" in capsys.readouterr().err

@@ -6,12 +6,15 @@ import csv
 import io
 import json
 import os
+import sys
 import tempfile
 
 import yaml
 
 from cdkd_ray.core.config import apply_overrides, from_dict, load_config, read_yaml_mapping, to_dict
-from cdkd_ray.core.checkpoint import CHECKPOINT_PREFIX, EXPORT_POINTER, STATE_FILE
+from cdkd_ray.core.checkpoint import (
+    CHECKPOINT_PREFIX, EXPORT_POINTER, STATE_FILE, epoch_of_checkpoint, unrecorded_checkpoints,
+)
 from cdkd_ray.core.names import check_name
 from cdkd_ray.core.selection import EPOCHS_KEY, SCORE_KEY, best_by_score, selection_score
 from cdkd_ray.core.storage import Location, absolute_uri, pyarrow_filesystem, resolve
@@ -172,6 +175,7 @@ def write_sweep_outputs(results, sweep: SweepConfig, sweep_dir: Location, experi
     rows = trial_rows(results, keys, experiment.train.epochs)
     if not rows:
         raise CdkdError("the sweep produced no results")
+    remove_partial_checkpoints(rows, sweep_dir.is_remote)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
     writer.writeheader()
@@ -212,12 +216,35 @@ def _export_best(checkpoint: str, export_dir: Location) -> Location:
     return export_dir
 
 
+def trial_run_dir(checkpoint_path: str, remote: bool) -> Location:
+    """The Train run folder of a checkpoint path as Tune reports it (without the scheme on object storage)."""
+    run_dir = checkpoint_path.rstrip("/").rsplit("/", 1)[0]
+    return resolve(f"s3://{run_dir}" if remote and "://" not in run_dir else run_dir)
+
+
+def remove_partial_checkpoints(rows: list[dict], remote: bool) -> None:
+    """Remove the partly written checkpoints above each trial's last reported one.
+
+    A trial goes on to its next epoch while Tune weighs its report, so ASHA can stop it in the middle of
+    writing the next checkpoint (Ray copies the small trainer state first): nothing can load that one, and
+    the search for the best checkpoint would take its trainer state for a checkpoint.
+    """
+    for row in rows:
+        if not row["last_checkpoint"]:
+            continue
+        run_dir = trial_run_dir(row["last_checkpoint"], remote)
+        reported = epoch_of_checkpoint(row["last_checkpoint"].rstrip("/").rsplit("/", 1)[1])
+        for name in unrecorded_checkpoints(run_dir, -1 if reported is None else reported).incomplete:
+            run_dir.join(name).remove()
+            print(f"removed {run_dir.join(name).uri}: its trial was stopped while writing it", file=sys.stderr,
+                  flush=True)
+
+
 def best_checkpoint_of(any_checkpoint: str, remote: bool) -> str:
     """The best checkpoint (by the selection score) of the Train run that wrote `any_checkpoint`."""
     if not any_checkpoint:
         raise CdkdError("the best trial reported no checkpoint")
-    run_dir = any_checkpoint.rstrip("/").rsplit("/", 1)[0]
-    location = resolve(f"s3://{run_dir}" if remote and "://" not in run_dir else run_dir)
+    location = trial_run_dir(any_checkpoint, remote)
     scored = []
     for name in location.listdir_names():
         state = location.join(name, STATE_FILE)
