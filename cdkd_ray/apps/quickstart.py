@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from tqdm import tqdm
 
+from cdkd_ray.apps.environment_check import hold_workdir
 from cdkd_ray.apps.quickstart_presets import DEFAULT_PRESET, PRESETS, QuickstartPreset, preflight
 from cdkd_ray.apps.recipes import KdPlan, make_synthetic, run_kd_plan, shard_coco_dir
 from cdkd_ray.core.codec_check import codec_check
@@ -62,6 +63,12 @@ def run_quickstart(workdir: str, preset_name: str = DEFAULT_PRESET, serve_port: 
     """Every stage in order; returns (and writes) the summary with the paths of everything made."""
     workdir = os.path.abspath(workdir)
     serve_port = preflight(workdir, preset_name, serve_port)
+    with hold_workdir(workdir, "quickstart"):  # a second quickstart in this folder is refused while this runs
+        return _run_stages(workdir, preset_name, serve_port)
+
+
+def _run_stages(workdir: str, preset_name: str, serve_port: int) -> dict:
+    """The stages after the checks, in order."""
     preset, paths, stages = PRESETS[preset_name], _Paths.under(workdir), _Stages(12)
     base = load_config(ExperimentConfig, preset.experiment)
     summary = {"workdir": workdir, "preset": preset_name, "synthetic_data": paths.data, "shards": paths.shards}
