@@ -147,37 +147,46 @@ def test_the_results_verdict_names_a_model_that_did_not_pass_the_all_zeros_loss(
     assert learning_verdict({"baseline": run(0.0058, 0.0059, 1.01)}).startswith("no model's GT loss fell")
 
 
-def test_a_second_quickstart_in_a_busy_work_folder_is_refused_and_a_gone_ones_lock_taken_over(tmp_path):
+def test_a_second_quickstart_in_a_busy_work_folder_is_refused_and_a_gone_ones_lease_taken_over(tmp_path):
     """Two quickstarts in one folder would write the same data, shards and checkpoints at once (it happened:
-    a second started while the first ran). The second is refused before any work, naming the first; a lock
-    left by a process that is gone, or cut off while written, is taken over; the lock goes with its run."""
+    a second started while the first ran). The second is refused before any work, naming the first; a lease
+    left by a process on this host that is gone, or cut off while written, is taken over at once, one of
+    another host only once it expires; the lease goes with its run."""
     import json
     import os
     import subprocess
     import sys
+    import time
 
-    from cdkd_ray.apps.environment_check import LOCK_FILE, hold_workdir
+    from cdkd_ray.apps.environment_check import WORKDIR_LEASE, hold_workdir
 
-    workdir, lock = tmp_path / "qs", tmp_path / "qs" / LOCK_FILE
+    workdir, lease = tmp_path / "qs", tmp_path / "qs" / WORKDIR_LEASE
+    host = socket.gethostname()
     with hold_workdir(str(workdir), "quickstart"):
         proc = run_cli("quickstart", "--preset", "tiny", "--workdir", workdir, timeout=120)
         assert proc.returncode == 2, proc.stderr[-2000:]
-        assert f"is in use by another quickstart (pid {os.getpid()} on {socket.gethostname()}" in proc.stderr
+        assert f"is in use by another quickstart (held by {host}:{os.getpid()} since" in proc.stderr
         assert not (workdir / "synth").exists() and "Traceback" not in proc.stderr
         with pytest.raises(CdkdError, match="in use by another sweep"):
             with hold_workdir(str(workdir), "sweep"):
                 pass
-        assert json.loads(lock.read_text())["pid"] == os.getpid()  # a refused one leaves the holder's lock
-    assert not lock.exists()
+        assert json.loads(lease.read_text())["holder"] == f"{host}:{os.getpid()}"  # the refused left it as it was
+    assert not lease.exists()
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
-    for left in (json.dumps({"pid": gone.pid, "host": socket.gethostname(), "started": "earlier"}), '{"pid": 1'):
-        lock.write_text(left)
-        os.utime(lock, (os.path.getmtime(lock) - 60,) * 2)  # an unreadable lock is waited for a moment first
+    now = time.time()
+    for left in (json.dumps({"holder": f"{host}:{gone.pid}", "token": "t", "since": now, "expires": now + 600}),
+                 '{"holder": "'):
+        lease.write_text(left)
+        os.utime(lease, (now - 60, now - 60))  # an unreadable lease is waited for a moment first
         with hold_workdir(str(workdir), "quickstart"):
-            assert json.loads(lock.read_text())["pid"] == os.getpid()
-        assert not lock.exists()
-    lock.write_text(json.dumps({"pid": os.getpid(), "host": "another-machine", "started": "earlier"}))
-    with pytest.raises(CdkdError, match=f"another-machine.*delete {lock}"):
+            assert json.loads(lease.read_text())["holder"] == f"{host}:{os.getpid()}"
+        assert not lease.exists()
+    elsewhere = {"holder": f"another-machine:{os.getpid()}", "token": "t", "since": now, "expires": now + 600}
+    lease.write_text(json.dumps(elsewhere))
+    with pytest.raises(CdkdError, match="held by another-machine"):
         with hold_workdir(str(workdir), "quickstart"):
             pass
+    lease.write_text(json.dumps({**elsewhere, "expires": now - 1}))
+    with hold_workdir(str(workdir), "quickstart"):
+        pass

@@ -8,12 +8,13 @@ import os
 import shutil
 import socket
 import tempfile
-import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Iterator
 
 from cdkd_ray.core.errors import CdkdError
+from cdkd_ray.core.lease import LeaseHeld, holding
+from cdkd_ray.core.storage import resolve
 
 # import name -> the requirement that provides it; every base dependency in pyproject.toml is here
 # (a test keeps the two in step).
@@ -120,73 +121,23 @@ def claim_workdir(workdir: str, marker: str, identity: dict) -> None:
         json.dump(identity, f)
 
 
-LOCK_FILE = ".in_use.json"
+WORKDIR_LEASE = ".in_use.json"
+WORKDIR_LEASE_S = 60.0  # refreshed every 20 s while the run works; a holder killed elsewhere blocks this long
 
 
 @contextmanager
 def hold_workdir(workdir: str, what: str) -> Iterator[None]:
-    """Keep a second `what` out of `workdir` while this process works in it (WORKDIR/.in_use.json).
+    """Keep a second `what` out of `workdir` while this process works in it (a lease, WORKDIR/.in_use.json).
 
-    Two runs in one folder would write the same data, shards and checkpoints at once. A lock whose process
-    is gone (killed, the machine restarted) is taken over; one from another host is refused with its path.
+    Two runs in one folder would write the same data, shards and checkpoints at once. A lease whose
+    process on this host is gone (killed, a restart) is taken over at once, an expired one too.
     """
-    path = os.path.join(workdir, LOCK_FILE)
     os.makedirs(workdir, exist_ok=True)
-    mine = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-    while True:
+    path = resolve(workdir).join(WORKDIR_LEASE)
+    with ExitStack() as stack:
         try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            break
-        except FileExistsError:
-            holder = _lock_holder(path)
-            if holder is None and _seconds_since_written(path) < 2.0:
-                time.sleep(0.05)  # its holder may be writing it right now
-                continue
-            if holder is not None and _holder_alive(holder):
-                raise CdkdError(f"{workdir} is in use by another {what} (pid {holder.get('pid')} on "
-                                f"{holder.get('host')}, started {holder.get('started')}): wait for it to end or "
-                                f"pass another --workdir (if no run is going, delete {path})") from None
-            _remove_quietly(path)  # left by a process that is gone
-    with os.fdopen(fd, "w") as f:
-        json.dump(mine, f)
-    try:
+            stack.enter_context(holding(path, WORKDIR_LEASE_S, break_if_gone=True))
+        except LeaseHeld as held:
+            raise CdkdError(f"{workdir} is in use by another {what} ({held}): wait for it to end or pass "
+                            "another --workdir") from None
         yield
-    finally:
-        if _lock_holder(path) == mine:
-            _remove_quietly(path)
-
-
-def _lock_holder(path: str) -> dict | None:
-    """The lock's record; None when it is gone or unreadable (being written, or its holder killed then)."""
-    try:
-        with open(path) as f:
-            holder = json.load(f)
-    except (OSError, ValueError):
-        return None
-    return holder if isinstance(holder, dict) else None
-
-
-def _seconds_since_written(path: str) -> float:
-    try:
-        return time.time() - os.path.getmtime(path)
-    except OSError:
-        return float("inf")
-
-
-def _holder_alive(holder: dict) -> bool:
-    if holder.get("host") != socket.gethostname():
-        return True  # another machine's process cannot be checked from here
-    try:
-        os.kill(int(holder.get("pid", -1)), 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, ValueError, OverflowError):
-        return True
-    return True
-
-
-def _remove_quietly(path: str) -> None:
-    try:
-        os.remove(path)
-    except FileNotFoundError:
-        pass

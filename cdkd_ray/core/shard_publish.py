@@ -2,8 +2,8 @@
 
 Layout of a split: ``ROOT/<split>/manifest.json`` (the pointer readers follow) and
 ``ROOT/<split>/v-<version>/part-*.parquet + annotations.json``. A writer
-1. takes the split's lease (``.writer-lease.json``, created exclusively: O_EXCL locally, a conditional PUT on
-   S3; it names the holder and expires, so a killed writer blocks others only until then),
+1. takes the split's lease (``.writer-lease.json``, see core/lease: created exclusively, names its holder and
+   expires, so a killed writer blocks others only until then),
 2. writes every part of the new version under its own ``v-<version>/`` prefix,
 3. switches the pointer in one step (a rename locally, one PUT on S3),
 4. only then removes the previous version, and releases the lease.
@@ -14,13 +14,12 @@ behind (an unreferenced ``v-*`` prefix) is listed by ``shards-info`` and removed
 from __future__ import annotations
 
 import json
-import os
-import socket
 import time
 import uuid
-from dataclasses import dataclass
 
+from cdkd_ray.core import lease
 from cdkd_ray.core.errors import DataValidationError
+from cdkd_ray.core.lease import Lease
 from cdkd_ray.core.storage import Location
 
 MANIFEST = "manifest.json"
@@ -33,47 +32,15 @@ class SplitBusy(DataValidationError):
     """Another writer holds the split's lease."""
 
 
-@dataclass
-class Lease:
-    """One writer's claim on a split; refreshed while it writes, released when it is done."""
-
-    location: Location  # the lease object
-    token: str
-    seconds: float
-
-    def body(self) -> bytes:
-        now = time.time()
-        return json.dumps({"holder": f"{socket.gethostname()}:{os.getpid()}", "token": self.token,
-                           "since": now, "expires": now + self.seconds}).encode()
-
-    def refresh(self) -> None:
-        self.location.write_bytes(self.body())
-
-    def release(self) -> None:
-        try:
-            current = json.loads(self.location.read_bytes())
-        except (FileNotFoundError, json.JSONDecodeError):
-            return
-        if current.get("token") == self.token:
-            self.location.fs.rm(self.location.path)
-
-
 def acquire_lease(split_dir: Location, seconds: float = 600.0) -> Lease:
     """Take the split's lease or raise SplitBusy naming the holder; an expired lease is broken."""
-    lease = Lease(split_dir.join(LEASE), uuid.uuid4().hex, seconds)
-    for _ in range(2):
-        if lease.location.create_exclusive(lease.body()):
-            return lease
-        try:
-            held = json.loads(lease.location.read_bytes())
-        except (FileNotFoundError, json.JSONDecodeError):
-            held = {}
-        if held and held.get("expires", 0) > time.time():
-            raise SplitBusy(f"split {split_dir.uri} is being written by another writer", [
-                f"held by {held.get('holder')} since {time.ctime(held.get('since', 0))}, lease until "
-                f"{time.ctime(held['expires'])}; wait for it, or once it has expired run the command again"])
-        lease.location.fs.rm(lease.location.path)  # expired (or unreadable): the writer died; break it
-    raise SplitBusy(f"split {split_dir.uri} is contended", ["another writer took the lease at the same moment"])
+    try:
+        return lease.acquire_lease(split_dir.join(LEASE), seconds)
+    except lease.LeaseHeld as held:
+        if not held.held:
+            raise SplitBusy(f"split {split_dir.uri} is contended", [str(held)]) from None
+        raise SplitBusy(f"split {split_dir.uri} is being written by another writer",
+                        [f"{held}; wait for it, or once it has expired run the command again"]) from None
 
 
 def new_version() -> str:
@@ -129,11 +96,7 @@ def root_leftovers(root: Location) -> list[str]:
 
 def lease_holder(split_dir: Location) -> str | None:
     """Who holds the split's unexpired lease, if anyone (a write is under way)."""
-    try:
-        held = json.loads(split_dir.join(LEASE).read_bytes())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-    return held.get("holder", "?") if held.get("expires", 0) > time.time() else None
+    return lease.live_holder(split_dir.join(LEASE))
 
 
 def collect_garbage(root: Location, dry_run: bool = False) -> dict:
