@@ -190,3 +190,23 @@ def test_a_second_quickstart_in_a_busy_work_folder_is_refused_and_a_gone_ones_le
     lease.write_text(json.dumps({**elsewhere, "expires": now - 1}))
     with hold_workdir(str(workdir), "quickstart"):
         pass
+
+
+def test_a_run_being_trained_by_another_driver_is_refused_before_ray_starts(synth_shards, tmp_path):
+    """The same command started twice (a job submitted twice) made two drivers train one run and write its
+    checkpoints in turn, both exiting 0. The second is refused, naming the first, before Ray starts."""
+    import os
+
+    from cdkd_ray.core.lease import acquire_lease, kept
+    from cdkd_ray.core.storage import resolve
+    from cdkd_ray.ray_adapters.train_driver import RUN_LEASE, RUN_LEASE_S
+
+    runs = tmp_path / "runs"
+    with kept(acquire_lease(resolve(str(runs)).join("t", RUN_LEASE), RUN_LEASE_S)):
+        proc = run_cli("train-teacher", "--config", "tiny", "--data", synth_shards, "--storage", runs, "--name", "t",
+                       timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert (f"run 't' in {runs} is being trained by another driver (held by {socket.gethostname()}:{os.getpid()}"
+            in proc.stderr) and "--new-run" in proc.stderr
+    assert "embedded Ray" not in proc.stderr and "Traceback" not in proc.stderr
+    assert os.listdir(runs / "t") == []  # nothing of the refused run, and the holder's lease went with it

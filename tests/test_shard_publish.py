@@ -190,19 +190,3 @@ def test_best_student_export_to_s3_is_published_pointer_last(s3_bucket, tmp_path
     loaded = load_pose_model(target.uri)
     assert loaded.card["input_size"] == [128, 96] and loaded.model_cfg.arch == "resnet18"
 
-
-def test_a_held_lease_is_refreshed_while_held_and_not_taken_back_once_broken(tmp_path):
-    """The holder's thread refreshes the lease (a long run is not taken for dead); if another broke it meanwhile
-    (the holder looked gone), the thread leaves the new holder's lease alone, and releasing does not remove it."""
-    from cdkd_ray.core.lease import holding, read_lease
-
-    location = resolve(str(tmp_path)).join(".writer-lease.json")
-    with holding(location, seconds=0.3) as lease:
-        first = read_lease(location)["expires"]
-        time.sleep(0.45)
-        assert read_lease(location)["expires"] > first and lease.is_mine()
-        location.write_bytes(json.dumps({"holder": "other:1", "token": "theirs", "since": 0,
-                                         "expires": time.time() + 60}).encode())
-        time.sleep(0.25)
-        assert read_lease(location)["token"] == "theirs"
-    assert read_lease(location)["token"] == "theirs"

@@ -8,12 +8,12 @@ import os
 import shutil
 import socket
 import tempfile
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
 
 from cdkd_ray.core.errors import CdkdError
-from cdkd_ray.core.lease import LeaseHeld, holding
+from cdkd_ray.core.lease import LeaseHeld, acquire_lease, kept
 from cdkd_ray.core.storage import resolve
 
 # import name -> the requirement that provides it; every base dependency in pyproject.toml is here
@@ -133,11 +133,10 @@ def hold_workdir(workdir: str, what: str) -> Iterator[None]:
     process on this host is gone (killed, a restart) is taken over at once, an expired one too.
     """
     os.makedirs(workdir, exist_ok=True)
-    path = resolve(workdir).join(WORKDIR_LEASE)
-    with ExitStack() as stack:
-        try:
-            stack.enter_context(holding(path, WORKDIR_LEASE_S, break_if_gone=True))
-        except LeaseHeld as held:
-            raise CdkdError(f"{workdir} is in use by another {what} ({held}): wait for it to end or pass "
-                            "another --workdir") from None
+    try:
+        lease = acquire_lease(resolve(workdir).join(WORKDIR_LEASE), WORKDIR_LEASE_S, break_if_gone=True)
+    except LeaseHeld as held:
+        raise CdkdError(f"{workdir} is in use by another {what} ({held}): wait for it to end or pass "
+                        "another --workdir") from None
+    with kept(lease):
         yield

@@ -17,6 +17,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
 
+import psutil
+
 from cdkd_ray.core.storage import Location
 
 UNREADABLE_GRACE_S = 2.0  # a lease just created locally is empty until its holder has written it
@@ -76,48 +78,53 @@ def live_holder(location: Location) -> str | None:
     return held.get("holder", "?") if held.get("expires", 0) > time.time() else None
 
 
-def acquire_lease(location: Location, seconds: float, break_if_gone: bool = False) -> Lease:
-    """Take the lease at `location` or raise LeaseHeld; an expired one is broken, and with `break_if_gone` one
-    whose holder's process on this host has ended."""
+def acquire_lease(location: Location, seconds: float, break_if_gone: bool = False, wait_s: float = 0.0) -> Lease:
+    """Take the lease at `location` or raise LeaseHeld once `wait_s` has passed; an expired one is broken, and
+    with `break_if_gone` one whose holder's process on this host has ended."""
     lease = Lease(location, uuid.uuid4().hex, seconds)
-    deadline = time.time() + UNREADABLE_GRACE_S
-    broken = 0
-    while broken < 2:
+    started, broken = time.time(), 0
+    while True:
         if location.create_exclusive(lease.body()):
             return lease
-        held = read_lease(location)
-        if held is None and not location.is_remote and time.time() < deadline:
+        held, now = read_lease(location), time.time()
+        if held is None and not location.is_remote and now < started + UNREADABLE_GRACE_S:
             time.sleep(0.05)  # its holder may be writing it right now
             continue
-        if held and held.get("expires", 0) > time.time() and not (break_if_gone and _holder_gone(held)):
-            raise LeaseHeld(held)
-        location.fs.rm(location.path)  # expired, gone or unreadable: its holder died; break it
+        if held and held.get("expires", 0) > now and not (break_if_gone and _holder_gone(held)):
+            if now >= started + wait_s:
+                raise LeaseHeld(held)
+            time.sleep(min(1.0, started + wait_s - now))
+            continue
+        if broken == 2:
+            raise LeaseHeld({})
+        try:
+            location.fs.rm(location.path)  # expired, gone or unreadable: its holder died; break it
+        except FileNotFoundError:
+            pass
         broken += 1
-    raise LeaseHeld({})
 
 
 def _holder_gone(held: dict) -> bool:
-    """Whether the holder ran on this host and its process has ended."""
+    """Whether the holder ran on this host and its process has ended (a zombie, or its pid now another's)."""
     host, _, pid = str(held.get("holder", "")).rpartition(":")
     if host != socket.gethostname() or not pid.isdigit():
         return False
     try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
+        process = psutil.Process(int(pid))
+        return process.status() == psutil.STATUS_ZOMBIE or process.create_time() > held.get("since", 0) + 1
+    except psutil.NoSuchProcess:
         return True
-    except (PermissionError, OverflowError):
+    except psutil.Error:
         return False
-    return False
 
 
 @contextmanager
-def holding(location: Location, seconds: float, break_if_gone: bool = False) -> Iterator[Lease]:
-    """Hold the lease for the block, refreshed every third of `seconds` by a thread; released at the end."""
-    lease = acquire_lease(location, seconds, break_if_gone)
+def kept(lease: Lease) -> Iterator[Lease]:
+    """Keep a taken lease for the block, refreshed every third of its time by a thread; released at the end."""
     stop = threading.Event()
 
     def refresh() -> None:
-        while not stop.wait(seconds / 3):
+        while not stop.wait(lease.seconds / 3):
             if not lease.is_mine():
                 return  # broken by another (this process looked gone): do not take it back
             lease.refresh()

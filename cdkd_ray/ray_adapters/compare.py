@@ -35,7 +35,7 @@ def _trial_fn(config: dict) -> None:
     """One grid point: the Ray Train run of this variant with this seed (resumed by name if it ran before)."""
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from cdkd_ray.ray_adapters.train_driver import run_training
+    from cdkd_ray.ray_adapters.train_driver import RUN_LEASE_S, run_training
 
     study_dir = resolve(config["__study_dir"], config.get("__s3_endpoint"))
     base, variant, seed = json.loads(study_dir.join(TRIALS_FILE).read_bytes()), config["variant"], config["seed"]
@@ -43,7 +43,7 @@ def _trial_fn(config: dict) -> None:
     kind = distill_kind(cfg)
     run_training(cfg, kind, base["data"], base["runs"], run_name(variant, seed),
                  teacher_checkpoint=base["teacher"] if kind.distills else None, s3_endpoint=base.get("s3_endpoint"),
-                 callbacks=[TuneReportCallback()])
+                 callbacks=[TuneReportCallback()], lease_wait_s=RUN_LEASE_S + 15)  # as a sweep's trial
 
 
 def _claim_study(study: StudyConfig, study_dir: Location, identity: dict, resume: bool, where: dict) -> bool:

@@ -38,7 +38,7 @@ def _trial_fn(config: dict) -> None:
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from cdkd_ray.ray_adapters.train_driver import run_training
+    from cdkd_ray.ray_adapters.train_driver import RUN_LEASE_S, run_training
 
     base = config["__base"]
     params = {k: v for k, v in config.items() if not k.startswith("__")}
@@ -47,7 +47,8 @@ def _trial_fn(config: dict) -> None:
     trial = tune.get_context().get_trial_id()
     run_training(cfg, distill_kind(cfg), base["data"], base["train_storage"], f"trial_{trial}",
                  teacher_checkpoint=base.get("teacher"), s3_endpoint=base.get("s3_endpoint"),
-                 callbacks=[TuneReportCallback()], write_outputs=False)
+                 callbacks=[TuneReportCallback()], write_outputs=False,
+                 lease_wait_s=RUN_LEASE_S + 15)  # a resumed trial's old driver may have run on a node now gone
 
 
 def _prepare(sweep: SweepConfig, storage_uri: str, name: str, resume: bool, s3_endpoint: str | None):

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import sys
+from contextlib import contextmanager
+from typing import Iterator
 
 from cdkd_ray.core.bad_images import BadImageRecord
 from cdkd_ray.core.checkpoint import STATE_FILE
 from cdkd_ray.core.config import to_dict
 from cdkd_ray.core.errors import CdkdError
 from cdkd_ray.core.experiment import ExperimentConfig, RunKind, experiment_for, resolve_teacher_placement
+from cdkd_ray.core.lease import LeaseHeld, acquire_lease, kept
 from cdkd_ray.core.names import check_name
 from cdkd_ray.core.run_identity import claim_run, run_identity
 from cdkd_ray.core.run_outputs import write_run_outputs
@@ -17,6 +20,9 @@ from cdkd_ray.core.selection import SCORE_KEY
 from cdkd_ray.core.shards import verified_manifests
 from cdkd_ray.core.storage import Location, absolute_uri, pyarrow_filesystem, resolve
 from cdkd_ray.ray_adapters.teacher_servers import start_teacher_servers, stop_teacher_servers
+
+RUN_LEASE = ".writer-lease.json"  # in the run's folder while a driver trains it
+RUN_LEASE_S = 60.0  # refreshed every 20 s; a driver killed on another host blocks the run this long
 
 
 def _teacher_shape(kind: RunKind, teacher_checkpoint: str | None) -> tuple[str | None, int]:
@@ -83,22 +89,55 @@ def _claim(cfg: ExperimentConfig, kind: RunKind, data_uri: str, storage: Locatio
 def run_training(cfg: ExperimentConfig, kind: RunKind, data_uri: str, storage_uri: str, name: str,
                  teacher_checkpoint: str | None = None, s3_endpoint: str | None = None,
                  ray_address: str | None = None, pid_dir: str | None = None, callbacks=None,
-                 write_outputs: bool = True, new_run: bool = False) -> dict:
+                 write_outputs: bool = True, new_run: bool = False, lease_wait_s: float = 5.0) -> dict:
     """Train (or resume) one run of `kind`; returns its summary (best checkpoint and AP, output paths).
 
     Re-running a name resumes it only if the run is the same (see run_identity); `new_run` starts a fresh
-    run beside it under the first free `name-N`.
+    run beside it under the first free `name-N`. One driver trains a run at a time (see _run_lease).
     """
-    from cdkd_ray.ray_adapters.runtime import ensure_ray
-
     cfg, data_uri = experiment_for(kind, cfg), absolute_uri(data_uri)
     teacher_checkpoint = teacher_checkpoint or cfg.teacher.checkpoint
     teacher_checkpoint = absolute_uri(teacher_checkpoint) if teacher_checkpoint and kind.distills else None
-    teacher_arch, teacher_deconv = _teacher_shape(kind, teacher_checkpoint)
+    teacher = (teacher_checkpoint, *_teacher_shape(kind, teacher_checkpoint))
     storage = resolve(storage_uri, s3_endpoint)
     storage.makedirs()
     name = free_run_name(storage, check_name(name, "run name")) if new_run else check_name(name, "run name")
-    _claim(cfg, kind, data_uri, storage, name, teacher_checkpoint, s3_endpoint)
+    with _run_lease(storage, name, lease_wait_s):
+        _claim(cfg, kind, data_uri, storage, name, teacher_checkpoint, s3_endpoint)
+        return _train(cfg, kind, data_uri, storage, name, s3_endpoint, teacher, ray_address=ray_address,
+                      pid_dir=pid_dir, callbacks=callbacks, write_outputs=write_outputs)
+
+
+@contextmanager
+def _run_lease(storage: Location, name: str, wait_s: float) -> Iterator[None]:
+    """Hold the run's lease (RUN/.writer-lease.json) while training it, or refuse naming the driver that does.
+
+    Two drivers of one run (a job submitted twice) both trained it and wrote its checkpoints in turn. A
+    lease whose driver on this host is gone (killed) is taken over at once, another host's once it expires
+    (RUN_LEASE_S); a resumed Tune trial waits that long, as its old driver may have run on another node.
+    A run that fails before writing anything leaves no folder.
+    """
+    run_dir = storage.join(name)
+    new = not run_dir.exists()
+    try:
+        lease = acquire_lease(run_dir.join(RUN_LEASE), RUN_LEASE_S, break_if_gone=True, wait_s=wait_s)
+    except LeaseHeld as held:
+        raise CdkdError(f"run '{name}' in {storage.uri} is being trained by another driver ({held}): wait for "
+                        "it to end, or pass --new-run or another --name") from None
+    try:
+        with kept(lease):
+            yield
+    finally:
+        if new and not run_dir.listdir_names():
+            run_dir.remove()
+
+
+def _train(cfg: ExperimentConfig, kind: RunKind, data_uri: str, storage: Location, name: str, s3_endpoint: str | None,
+           teacher: tuple, *, ray_address: str | None, pid_dir: str | None, callbacks, write_outputs: bool) -> dict:
+    """The claimed run's Train fit and its outputs; `teacher` is (checkpoint, arch, deconv width)."""
+    from cdkd_ray.ray_adapters.runtime import ensure_ray
+
+    teacher_checkpoint, teacher_arch, teacher_deconv = teacher
     ensure_ray(ray_address)
     cfg = _place_teacher(cfg, kind)
     loop_config = {"experiment": to_dict(cfg), "kind": kind.value, "data_uri": data_uri, "s3_endpoint": s3_endpoint,
