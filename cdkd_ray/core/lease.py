@@ -73,9 +73,9 @@ def read_lease(location: Location) -> dict | None:
 
 
 def live_holder(location: Location) -> str | None:
-    """Who holds the unexpired lease at `location`, if anyone."""
+    """Who holds the unexpired lease at `location`, if anyone (not a holder on this host that has ended)."""
     held = read_lease(location) or {}
-    return held.get("holder", "?") if held.get("expires", 0) > time.time() else None
+    return held.get("holder", "?") if held.get("expires", 0) > time.time() and not _holder_gone(held) else None
 
 
 def acquire_lease(location: Location, seconds: float, break_if_gone: bool = False, wait_s: float = 0.0) -> Lease:

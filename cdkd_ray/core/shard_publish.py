@@ -3,7 +3,7 @@
 Layout of a split: ``ROOT/<split>/manifest.json`` (the pointer readers follow) and
 ``ROOT/<split>/v-<version>/part-*.parquet + annotations.json``. A writer
 1. takes the split's lease (``.writer-lease.json``, see core/lease: created exclusively, names its holder and
-   expires, so a killed writer blocks others only until then),
+   expires, so a killed writer blocks others only until then, or not at all from its own host),
 2. writes every part of the new version under its own ``v-<version>/`` prefix,
 3. switches the pointer in one step (a rename locally, one PUT on S3),
 4. only then removes the previous version, and releases the lease.
@@ -33,9 +33,10 @@ class SplitBusy(DataValidationError):
 
 
 def acquire_lease(split_dir: Location, seconds: float = 600.0) -> Lease:
-    """Take the split's lease or raise SplitBusy naming the holder; an expired lease is broken."""
+    """Take the split's lease or raise SplitBusy naming the holder; an expired lease is broken, and one whose
+    writer on this host has ended (killed) at once."""
     try:
-        return lease.acquire_lease(split_dir.join(LEASE), seconds)
+        return lease.acquire_lease(split_dir.join(LEASE), seconds, break_if_gone=True)
     except lease.LeaseHeld as held:
         if not held.held:
             raise SplitBusy(f"split {split_dir.uri} is contended", [str(held)]) from None
