@@ -45,7 +45,10 @@ class Lease:
 
     def release(self) -> None:
         if self.is_mine():
-            self.location.fs.rm(self.location.path)
+            try:
+                self.location.fs.rm(self.location.path)
+            except FileNotFoundError:
+                pass  # broken by another between the check and the removal: not ours to remove then
 
 
 class LeaseHeld(Exception):

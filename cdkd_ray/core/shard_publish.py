@@ -17,9 +17,9 @@ import json
 import time
 import uuid
 
-from cdkd_ray.core import lease
+from cdkd_ray.core import lease as one_holder
 from cdkd_ray.core.errors import DataValidationError
-from cdkd_ray.core.lease import Lease
+from cdkd_ray.core.lease import Lease, LeaseHeld
 from cdkd_ray.core.storage import Location
 
 MANIFEST = "manifest.json"
@@ -36,8 +36,8 @@ def acquire_lease(split_dir: Location, seconds: float = 600.0) -> Lease:
     """Take the split's lease or raise SplitBusy naming the holder; an expired lease is broken, and one whose
     writer on this host has ended (killed) at once."""
     try:
-        return lease.acquire_lease(split_dir.join(LEASE), seconds, break_if_gone=True)
-    except lease.LeaseHeld as held:
+        return one_holder.acquire_lease(split_dir.join(LEASE), seconds, break_if_gone=True)
+    except LeaseHeld as held:
         if not held.held:
             raise SplitBusy(f"split {split_dir.uri} is contended", [str(held)]) from None
         raise SplitBusy(f"split {split_dir.uri} is being written by another writer",
@@ -97,7 +97,7 @@ def root_leftovers(root: Location) -> list[str]:
 
 def lease_holder(split_dir: Location) -> str | None:
     """Who holds the split's unexpired lease, if anyone (a write is under way)."""
-    return lease.live_holder(split_dir.join(LEASE))
+    return one_holder.live_holder(split_dir.join(LEASE))
 
 
 def collect_garbage(root: Location, dry_run: bool = False) -> dict:
