@@ -63,7 +63,7 @@ def direct(export: str, image_path, boxes: np.ndarray) -> np.ndarray:
     center, scale = box_to_center_scale(boxes[:, :4], 96 / 128)
     mat = crop_affine(center, scale, np.zeros(len(boxes)), (128, 96))
     crops = warp_crops([np.ascontiguousarray(image[:, :, ::-1])], np.zeros(len(boxes), int), mat, (128, 96))
-    kpts, scores = predict_keypoints(loaded.model.eval(), torch.from_numpy(crops.transpose(0, 3, 1, 2).copy()),
+    kpts, scores = predict_keypoints(loaded.model.eval(), torch.from_numpy(crops),
                                      center, scale, (128, 96))
     return np.concatenate([kpts, scores[..., None]], -1)
 

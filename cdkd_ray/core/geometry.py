@@ -62,11 +62,19 @@ def apply_affine(points: np.ndarray, mat: np.ndarray) -> np.ndarray:
 
 
 def warp_crops(images: list[np.ndarray], image_index: np.ndarray, mat: np.ndarray,
-               out_size: tuple[int, int]) -> np.ndarray:
-    """Affine crops [N,H,W,3] uint8, crop i taken from images[image_index[i]] (bilinear, zero border)."""
+               out_size: tuple[int, int], swap_red_blue: bool = False) -> np.ndarray:
+    """Affine crops [N,3,H,W] uint8 (the model's layout), crop i from images[image_index[i]] [h,w,3]
+    (bilinear, zero border). `swap_red_blue`: BGR images (OpenCV's decode) give RGB crops.
+
+    Each crop is warped into one scratch image and its channels written straight into their planes:
+    no converted copy of a whole image, no [N,H,W,3] -> [N,3,H,W] transpose (a slow strided copy).
+    """
     out_h, out_w = out_size
-    crops = np.empty((mat.shape[0], out_h, out_w, 3), np.uint8)
+    crops = np.empty((mat.shape[0], 3, out_h, out_w), np.uint8)
+    scratch = np.empty((out_h, out_w, 3), np.uint8)
+    planes = (2, 1, 0) if swap_red_blue else (0, 1, 2)
     for i, (src, m) in enumerate(zip(image_index, mat)):
-        crops[i] = cv2.warpAffine(images[src], m, (out_w, out_h), flags=cv2.INTER_LINEAR,
-                                  borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
+        cv2.warpAffine(images[src], m, (out_w, out_h), dst=scratch, flags=cv2.INTER_LINEAR,
+                       borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
+        cv2.mixChannels([scratch], [crops[i, plane] for plane in planes], [0, 0, 1, 1, 2, 2])
     return crops

@@ -12,7 +12,6 @@ import math
 from dataclasses import dataclass, field
 from typing import Callable
 
-import cv2
 import numpy as np
 
 from cdkd_ray.core.coco.images import decode_bgr
@@ -134,6 +133,10 @@ def _collect_people(rows: dict, cfg: DataConfig, train: bool, detections, match_
     people = _People()
     for image_id, data, persons, width, height in zip(rows["image_id"], rows["image"], rows["persons"],
                                                       rows["width"], rows["height"]):
+        boxes, joints, scores = _image_people(image_id, persons, train, detections, match_gt)
+        boxes, keep = clip_boxes(boxes, int(width), int(height))
+        if not keep.any():
+            continue  # not decoded: in COCO's train split about half the images have no labelled person
         image = decode_bgr(data)
         if image is None:
             message = f"corrupt image in shard: image id={image_id} cannot be decoded"
@@ -143,11 +146,7 @@ def _collect_people(rows: dict, cfg: DataConfig, train: bool, detections, match_
             if on_skip is not None:
                 on_skip(int(image_id))
             continue
-        boxes, joints, scores = _image_people(image_id, persons, train, detections, match_gt)
-        boxes, keep = clip_boxes(boxes, int(width), int(height))
-        if not keep.any():
-            continue
-        people.images.append(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))  # instances travel in RGB
+        people.images.append(image)  # BGR, as decoded: warp_crops writes the crops in RGB
         people.boxes.append(boxes[keep])
         people.joints.append(joints[keep])
         people.scores.append(scores[keep])
@@ -182,10 +181,10 @@ def build_instances(rows: dict, cfg: DataConfig, train: bool, epoch: int = 0,
         scale = np.where(applied[:, None], hb_scale, scale) * aug.scale_mult[:, None]
         rotation, flip = aug.rotation, aug.flip
     mat = crop_affine(center, scale, rotation, cfg.input_size, flip)
-    crops = warp_crops(people.images, image_index, mat, cfg.input_size)
+    crops = warp_crops(people.images, image_index, mat, cfg.input_size, swap_red_blue=True)
     crop_joints = np.concatenate([apply_affine(joints[..., :2], mat), joints[..., 2:]], -1).astype(np.float32)
     crop_joints = flip_joints_order(crop_joints, flip)
-    return {"image": np.ascontiguousarray(crops.transpose(0, 3, 1, 2)), "joints": crop_joints, "image_id": image_ids,
+    return {"image": crops, "joints": crop_joints, "image_id": image_ids,
             "center": center.astype(np.float32), "scale": scale.astype(np.float32),
             "score": np.concatenate(people.scores).astype(np.float32),
             "area": (scale[:, 0] * scale[:, 1]).astype(np.float32)}

@@ -28,9 +28,12 @@ def jpeg_is_complete(data: bytes) -> bool:
 
     Entropy-coded data stuffs every 0xFF with 0x00, so FF D9 after the last scan can only be the marker;
     an EXIF thumbnail's own EOI sits before the main image's scans.
+
+    Searched from the end: the last EOI, then no scan after it and one before it. Read from the front, a
+    baseline JPEG's one scan sits at the start and the whole file would be scanned twice per image.
     """
-    last_scan = data.rfind(JPEG_SOS)
-    return last_scan >= 0 and data.find(JPEG_EOI, last_scan) >= 0
+    last_end = data.rfind(JPEG_EOI)
+    return last_end >= 0 and data.find(JPEG_SOS, last_end) < 0 and data.find(JPEG_SOS, 0, last_end) >= 0
 
 
 def decode_checked(data: bytes, apply_orientation: bool = False) -> tuple[np.ndarray | None, str | None]:

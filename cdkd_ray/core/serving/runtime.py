@@ -30,9 +30,8 @@ def person_crops(image_bgr: np.ndarray, boxes: np.ndarray, input_size: tuple[int
     h, w = input_size
     center, scale = box_to_center_scale(boxes[:, :4], w / h)
     mat = crop_affine(center, scale, np.zeros(len(boxes)), input_size)
-    rgb = np.ascontiguousarray(image_bgr[:, :, ::-1])
-    crops = warp_crops([rgb], np.zeros(len(boxes), int), mat, input_size)
-    return np.ascontiguousarray(crops.transpose(0, 3, 1, 2)), center, scale
+    crops = warp_crops([image_bgr], np.zeros(len(boxes), int), mat, input_size, swap_red_blue=True)
+    return crops, center, scale
 
 
 class OnnxHeatmaps:
