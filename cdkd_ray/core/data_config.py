@@ -36,6 +36,7 @@ class DataConfig:
     shuffle_buffer: int = 512  # training instances mixed across images and blocks, reseeded every epoch (0: off)
     num_cpus_per_task: float = 0.5
     max_tasks: int = 0  # concurrent decode/augment tasks (0: as many as fit on this machine's cores on one node)
+    keep_freed_heap: bool = True  # decode processes reuse freed memory (glibc) instead of faulting in fresh pages
     seed: Optional[int] = 0
 
     def validate(self, where: str = "data") -> None:

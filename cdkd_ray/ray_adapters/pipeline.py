@@ -12,6 +12,7 @@ from cdkd_ray.core.bad_images import BadImageRecord
 from cdkd_ray.core.data_config import DataConfig
 from cdkd_ray.core.instances import build_instances, load_detections, rows_from_arrow
 from cdkd_ray.core.keypoints import NUM_KEYPOINTS
+from cdkd_ray.core.memory import keep_freed_heap
 from cdkd_ray.core.shards import shard_files
 from cdkd_ray.core.storage import arrow_s3_filesystem
 
@@ -35,6 +36,8 @@ def _instances_udf(table, cfg: DataConfig, train: bool, epoch: int,
     """
     # Augmentation is seeded by (seed, epoch, image ids): every epoch differs, every run repeats.
     cv2.setNumThreads(1)  # parallelism comes from the tasks; OpenCV's own threads would oversubscribe the cores
+    if cfg.keep_freed_heap:  # for the life of this worker process, from its first task on
+        keep_freed_heap()
     on_skip = bad_images.add if bad_images is not None else None
     epoch += execution_index()
     for start in range(0, table.num_rows, cfg.images_per_block):
