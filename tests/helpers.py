@@ -116,3 +116,21 @@ def reports_to_file(path: str):
                                    default=str) + "\n")
 
     return ReportsToFile()
+
+
+def with_unlabelled_images(coco_mini, folder) -> "Path":
+    """The COCO mini annotations plus two images no instance comes from, listed first and third: one
+    without annotations (id 900001), one with only a crowd region and a person without keypoints (900002)."""
+    import json
+    from pathlib import Path
+
+    source = json.loads((Path(coco_mini) / "person_keypoints_val_mini.json").read_text())
+    first, second = source["images"][:2]
+    base = next(a for a in source["annotations"] if a["image_id"] == second["id"])
+    source["images"] = [{**first, "id": 900001}, *source["images"][:2], {**second, "id": 900002},
+                        *source["images"][2:]]
+    source["annotations"] += [{**base, "id": 990001, "image_id": 900002, "iscrowd": 1},
+                              {**base, "id": 990002, "image_id": 900002, "num_keypoints": 0, "keypoints": [0] * 51}]
+    path = Path(folder) / "person_keypoints_train_mixed.json"
+    path.write_text(json.dumps(source))
+    return path

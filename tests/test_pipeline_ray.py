@@ -1,4 +1,5 @@
 import contextlib
+import os
 from collections import Counter
 
 import numpy as np
@@ -79,6 +80,23 @@ def test_the_parts_are_read_once_per_pass_without_relisting(ray_session, synth_s
     assert "ReadParquet" in once.stats() and "ListFiles" not in once.stats()
     thrice = Counter(build_dataset(synth_shards, "val", CFG, passes=3).to_pandas()["image_id"])
     assert thrice == Counter({k: 3 * v for k, v in ids.items()}) and ids
+
+
+@pytest.mark.timeout(300)
+def test_parts_without_a_labelled_person_are_read_only_for_detection_boxes(ray_session, coco_mini, tmp_path):
+    from tests.helpers import with_unlabelled_images
+
+    shards = str(tmp_path / "shards")
+    manifest = shard_coco(str(with_unlabelled_images(coco_mini, tmp_path)), str(coco_mini / "images"), shards,
+                          split="val", rows_per_file=2, show_progress=False)
+    unlabelled = [f["name"] for f in manifest["files"] if f["labelled_persons"] == 0]
+    read = {os.path.basename(p) for p in build_dataset(shards, "val", CFG).input_files()}
+    with_boxes = {os.path.basename(p) for p in build_dataset(
+        shards, "val", CFG, detections_file=str(coco_mini / "person_detection_results_AP_H_56.json")).input_files()}
+
+    assert len(unlabelled) == 1 and len(read) == 2 and os.path.basename(unlabelled[0]) not in read
+    assert with_boxes == read | {os.path.basename(unlabelled[0])}
+    assert set(build_dataset(shards, "val", CFG).to_pandas()["image_id"]) == {785, 40083, 196141, 197388}
 
 
 @pytest.mark.timeout(300)

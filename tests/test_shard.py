@@ -7,7 +7,7 @@ import pytest
 from cdkd_ray.core.shards import shard_coco, shards_info
 from cdkd_ray.core.storage import resolve
 from cdkd_ray.core.evaluation import evaluate_keypoints, gt_as_results
-from tests.helpers import last_json, run_cli, split_file
+from tests.helpers import last_json, run_cli, split_file, with_unlabelled_images
 
 
 def read_back(root_uri: str, split: str) -> list[dict]:
@@ -160,3 +160,38 @@ def test_exif_orientation_is_ignored_by_the_check_and_the_decoder_alike(tmp_path
     decoded = decode_bgr(data)
     assert decoded.shape == (60, 80, 3)
     assert decoded[:10, :20].mean() > 200 and decoded[-10:, -20:].mean() < 50  # not rotated
+
+
+def test_images_without_a_labelled_person_get_parts_of_their_own_that_training_does_not_read(coco_mini, tmp_path):
+    """COCO's train annotations list every image, about half with no labelled person: those are kept (nothing
+    is lost; detection-box evaluation reads them) but written after the others, into parts training skips."""
+    from cdkd_ray.core.shard_reader import iter_shard_rows
+    from cdkd_ray.core.shards import shard_files
+
+    ann = with_unlabelled_images(coco_mini, tmp_path)
+    source = json.loads(ann.read_text())
+
+    manifest = shard_coco(str(ann), str(coco_mini / "images"), str(tmp_path / "shards"), split="train",
+                          rows_per_file=2, show_progress=False)
+
+    rows = read_back(str(tmp_path / "shards"), "train")
+    assert_same_as_source(rows, ann, coco_mini / "images")  # every image kept, as it was
+    assert [r["image_id"] for r in rows] == [im["id"] for im in source["images"] if im["id"] < 900000] + [900001, 900002]
+    assert [f["labelled_persons"] for f in manifest["files"]] == [3, 9, 0]
+    _, every_part = shard_files(str(tmp_path / "shards"), "train")
+    _, read_for_training = shard_files(str(tmp_path / "shards"), "train", labelled_only=True)
+    assert len(every_part) == 3 and read_for_training == every_part[:2]
+    ids = [i for block in iter_shard_rows(str(tmp_path / "shards"), "train", 8, labelled_only=True)
+           for i in block["image_id"]]
+    assert sorted(ids) == sorted(im["id"] for im in source["images"] if im["id"] < 900000)
+    # a run reading labelled people only does not hash the parts it will not read (every other check holds)
+    from cdkd_ray.core.errors import DataValidationError
+    from cdkd_ray.core.shards import verified_manifests
+
+    unread = resolve(every_part[2])
+    data = bytearray(unread.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    unread.write_bytes(bytes(data))
+    assert verified_manifests(str(tmp_path / "shards"), ("train",), labelled_only=("train",))["train"]
+    with pytest.raises(DataValidationError, match="checksum mismatch"):
+        verified_manifests(str(tmp_path / "shards"), ("train",))

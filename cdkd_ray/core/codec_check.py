@@ -19,7 +19,8 @@ def codec_check(uri: str, split: str, cfg: DataConfig, boxes_file: str | None = 
     """Evaluate GT keypoints pushed through the codec; returns AP stats and the instance count."""
     detections = load_detections(boxes_file, cfg.det_score_threshold) if boxes_file else None
     parts = {k: [] for k in ("keypoints", "scores", "image_id", "box_score", "area")}
-    for rows in tqdm(iter_shard_rows(uri, split, cfg.images_per_block, s3_endpoint), desc="codec-check",
+    rows_read = iter_shard_rows(uri, split, cfg.images_per_block, s3_endpoint, labelled_only=detections is None)
+    for rows in tqdm(rows_read, desc="codec-check",
                      unit="batch", disable=not show_progress):
         inst = build_instances(rows, cfg, train=False, detections=detections, match_gt=True)
         if not len(inst["image_id"]):

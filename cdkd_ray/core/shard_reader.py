@@ -12,9 +12,9 @@ from cdkd_ray.core.storage import resolve
 
 
 def iter_shard_rows(uri: str, split: str, batch_rows: int = 16, s3_endpoint: str | None = None,
-                    limit: int | None = None) -> Iterator[dict]:
-    """Yield batches of shard rows (columns as lists), in manifest order."""
-    location, paths = shard_files(uri, split, s3_endpoint)
+                    limit: int | None = None, labelled_only: bool = False) -> Iterator[dict]:
+    """Yield batches of shard rows (columns as lists), in manifest order (`labelled_only`: see shard_files)."""
+    location, paths = shard_files(uri, split, s3_endpoint, labelled_only)
     seen = 0
     for path in paths:
         with location.fs.open(path, "rb") as f:

@@ -98,8 +98,9 @@ class _PartWriter:
         data = sink.getvalue()
         name = f"part-{len(self.files):05d}.parquet"
         self.prefix.join(name).write_bytes(data)
+        labelled = sum(is_labelled_person(p) for row in self.rows for p in row["persons"])
         self.files.append({"name": self.name_prefix + name, "rows": len(self.rows), "bytes": len(data),
-                           "sha256": hashlib.sha256(data).hexdigest()})
+                           "sha256": hashlib.sha256(data).hexdigest(), "labelled_persons": labelled})
         self.total_bytes += len(data)
         self.rows = []
         self.on_flush()
@@ -140,11 +141,18 @@ def _read_and_check(folder: Location, image_dir: str, im) -> tuple[bytes | None,
 
 def _write_parts(coco: CocoKeypointSet, images: Location, image_dir: str, split: str, writer: _PartWriter,
                  skip_bad: bool, show_progress: bool, read_workers: int = 8) -> tuple[list[str], set[int]]:
-    """Check and write every image; returns (problems, ids of bad images). Keeps scanning after a bad one."""
+    """Check and write every image; returns (problems, ids of bad images). Keeps scanning after a bad one.
+
+    Images with a labelled person come first (in the annotation file's order), then the others: so the
+    parts training reads hold no image it would skip, and the rest fill parts of their own
+    (`labelled_persons` 0 in the manifest) that only readers of every image, such as detection-box
+    evaluation, read. COCO's train annotations list every image; about half have no labelled person.
+    """
     problems: list[str] = list(coco.problems)
     bad_images: set[int] = set()
-    reads = ordered_map(lambda im: _read_and_check(images, image_dir, im), coco.images, read_workers)
-    for im, (data, problem) in tqdm(zip(coco.images, reads), total=len(coco.images), desc=f"shard {split}",
+    ordered = sorted(coco.images, key=lambda im: not any(map(is_labelled_person, im.persons)))
+    reads = ordered_map(lambda im: _read_and_check(images, image_dir, im), ordered, read_workers)
+    for im, (data, problem) in tqdm(zip(ordered, reads), total=len(ordered), desc=f"shard {split}",
                                     unit="img", disable=not show_progress):
         if problem:
             problems.append(problem)
@@ -269,11 +277,21 @@ def list_splits(root: Location) -> list[str]:
             if not name.startswith("_") and root.join(name, MANIFEST).exists()]
 
 
-def shard_files(root_uri: str, split: str, s3_endpoint: str | None = None) -> tuple[Location, list[str]]:
-    """The split's location and the full paths of the part files its manifest lists."""
+def shard_files(root_uri: str, split: str, s3_endpoint: str | None = None,
+                labelled_only: bool = False) -> tuple[Location, list[str]]:
+    """The split's location and the full paths of the part files its manifest lists.
+
+    `labelled_only`: leave out the parts whose images hold no labelled person (readers that make
+    instances only of labelled people: training, GT-box evaluation). Shards written before the manifest
+    counted them list every part.
+    """
     location = resolve(root_uri, s3_endpoint).join(split)
     manifest = read_manifest(location)
-    return location, [location.join(f["name"]).path for f in manifest["files"]]
+    files = [f for f in manifest["files"] if not (labelled_only and f.get("labelled_persons", 1) == 0)]
+    if not files:
+        raise DataValidationError(f"nothing to read in {location.uri}",
+                                  ["no part holds a labelled person (a person with keypoints, not a crowd)"])
+    return location, [location.join(f["name"]).path for f in files]
 
 
 def _stream_sha256(part: Location) -> tuple[int, str]:
@@ -309,10 +327,19 @@ def _part_problems(location: Location, entry: dict, hashes: bool) -> list[str]:
     return problems
 
 
-def verify_split(location: Location, manifest: dict, hashes: bool = True, workers: int = 8) -> list[str]:
-    """Check every part file (in parallel, each read once) and the annotation copy against the manifest."""
+def verify_split(location: Location, manifest: dict, hashes: bool = True, workers: int = 8,
+                 hash_unlabelled: bool = True) -> list[str]:
+    """Check every part file (in parallel, each read once) and the annotation copy against the manifest.
+
+    `hash_unlabelled=False`: parts without a labelled person (which a reader of labelled people never
+    reads) get every check but the checksum, which reads the whole file.
+    """
+    def problems_of(entry: dict) -> list[str]:
+        hashed = hashes and (hash_unlabelled or entry.get("labelled_persons", 1) > 0)
+        return _part_problems(location, entry, hashed)
+
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        per_part = pool.map(lambda entry: _part_problems(location, entry, hashes), manifest["files"])
+        per_part = pool.map(problems_of, manifest["files"])
         problems = [p for found in per_part for p in found]
     ann = location.join(manifest["annotation_file"])
     if not ann.exists():
@@ -325,14 +352,18 @@ def verify_split(location: Location, manifest: dict, hashes: bool = True, worker
 
 
 def verified_manifests(root_uri: str, splits: tuple[str, ...], s3_endpoint: str | None = None,
-                       hashes: bool = True) -> dict[str, dict]:
-    """The manifests of `splits`, after checking every file they list; a DataValidationError names each bad file."""
+                       hashes: bool = True, labelled_only: tuple[str, ...] = ()) -> dict[str, dict]:
+    """The manifests of `splits`, after checking every file they list; a DataValidationError names each bad file.
+
+    The splits in `labelled_only` are read for their labelled people only: their other parts are not hashed.
+    """
     root = resolve(root_uri, s3_endpoint)
     manifests, problems = {}, []
     for split in splits:
         location = root.join(split)
         manifests[split] = read_manifest(location)
-        problems += [f"{location.uri}/{p}" for p in verify_split(location, manifests[split], hashes)]
+        found = verify_split(location, manifests[split], hashes, hash_unlabelled=split not in labelled_only)
+        problems += [f"{location.uri}/{p}" for p in found]
     if problems:
         raise DataValidationError(f"the shards at {root.uri} do not match their manifests (run `cdkd-ray shards-info "
                                   f"{root.uri}`, re-shard the affected split)", problems)

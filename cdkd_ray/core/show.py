@@ -20,7 +20,7 @@ def show_instances(uri: str, split: str, cfg: DataConfig, count: int, out_path: 
                    s3_endpoint: str | None = None, epoch: int = 0) -> dict:
     """Write a grid PNG of `count` crops (augmented for train) with skeletons and target heatmaps."""
     tiles: list[np.ndarray] = []
-    for rows in iter_shard_rows(uri, split, cfg.images_per_block, s3_endpoint):
+    for rows in iter_shard_rows(uri, split, cfg.images_per_block, s3_endpoint, labelled_only=True):
         inst = build_instances(rows, cfg, train=(split == "train"), epoch=epoch)
         targets = batch_targets(torch.from_numpy(inst["joints"]), cfg)[0].numpy()
         for i in range(len(inst["image_id"])):

@@ -25,7 +25,7 @@ class InstanceDataset(torch.utils.data.Dataset):
     def __init__(self, uri: str, split: str, cfg: DataConfig, train: bool = True, s3_endpoint: str | None = None):
         self.cfg, self.train, self.epoch = cfg, train, 0
         self.images: list[dict] = []
-        for block in iter_shard_rows(uri, split, 64, s3_endpoint):
+        for block in iter_shard_rows(uri, split, 64, s3_endpoint, labelled_only=True):
             self.images += [dict(zip(ROW_KEYS, values)) for values in zip(*(block[k] for k in ROW_KEYS))]
         self.items = [(i, k) for i, image in enumerate(self.images)
                       for k, person in enumerate(image["persons"]) if is_labelled_person(person)]

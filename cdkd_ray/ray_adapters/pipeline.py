@@ -81,7 +81,8 @@ def build_dataset(uri: str, split: str, cfg: DataConfig, train: bool | None = No
                   passes: int = 1):
     """A streaming Ray Dataset of person instances per the training-batch contract.
 
-    Reads exactly the part files the split's manifest lists, from a folder or s3://; `train`
+    Reads the part files the split's manifest lists (with GT boxes, those holding a labelled person),
+    from a folder or s3://; `train`
     defaults to split == 'train'. Validation uses GT boxes, or `detections_file` (or
     cfg.detections) with cfg.det_score_threshold. `passes` > 1 lists the parts that many times in one
     execution (benchmarks: a long stream without a per-execution start-up every few seconds).
@@ -89,9 +90,10 @@ def build_dataset(uri: str, split: str, cfg: DataConfig, train: bool | None = No
     import ray.data
 
     train = (split == "train") if train is None else train
-    location, paths = shard_files(uri, split, s3_endpoint)
     detections_file = detections_file or (None if train else cfg.detections)
     detections = load_detections(detections_file, cfg.det_score_threshold) if detections_file else None
+    # instances of labelled people only (train, GT boxes): the parts of images without any are not read
+    location, paths = shard_files(uri, split, s3_endpoint, labelled_only=detections is None)
     shuffle = None
     if shuffle_files:
         from ray.data import FileShuffleConfig

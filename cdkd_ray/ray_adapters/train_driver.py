@@ -82,7 +82,9 @@ def free_run_name(storage: Location, name: str) -> str:
 def _claim(cfg: ExperimentConfig, kind: RunKind, data_uri: str, storage: Location, name: str,
            teacher_checkpoint: str | None, s3_endpoint: str | None) -> None:
     """Check the shards against their manifests and that `name` is this run (new, or resumable); record it."""
-    manifests = verified_manifests(data_uri, ("train", "val"), s3_endpoint, hashes=cfg.data.verify_shards)
+    labelled_only = ("train",) if cfg.data.detections else ("train", "val")  # the parts the run will read
+    manifests = verified_manifests(data_uri, ("train", "val"), s3_endpoint, hashes=cfg.data.verify_shards,
+                                   labelled_only=labelled_only)
     claim_run(storage.join(name), name, run_identity(cfg, kind, data_uri, manifests, teacher_checkpoint))
 
 
