@@ -184,6 +184,9 @@ def test_images_without_a_labelled_person_get_parts_of_their_own_that_training_d
     ids = [i for block in iter_shard_rows(str(tmp_path / "shards"), "train", 8, labelled_only=True)
            for i in block["image_id"]]
     assert sorted(ids) == sorted(im["id"] for im in source["images"] if im["id"] < 900000)
+    assert shards_info(str(tmp_path / "shards"))["splits"]["train"]["files_without_labelled_person"] == 1
+    shown = run_cli("shards-info", tmp_path / "shards", check=True).stdout
+    assert "1 file(s) hold only images without a labelled person" in shown
     # a run reading labelled people only does not hash the parts it will not read (every other check holds)
     from cdkd_ray.core.errors import DataValidationError
     from cdkd_ray.core.shards import verified_manifests
@@ -195,3 +198,12 @@ def test_images_without_a_labelled_person_get_parts_of_their_own_that_training_d
     assert verified_manifests(str(tmp_path / "shards"), ("train",), labelled_only=("train",))["train"]
     with pytest.raises(DataValidationError, match="checksum mismatch"):
         verified_manifests(str(tmp_path / "shards"), ("train",))
+
+    manifest_file = resolve(str(tmp_path / "shards")).join("train").join("manifest.json")
+    older = json.loads(manifest_file.read_bytes())
+    for entry in older["files"]:
+        del entry["labelled_persons"]  # as written before the files counted them
+    manifest_file.write_bytes(json.dumps(older).encode())
+    assert len(shard_files(str(tmp_path / "shards"), "train", labelled_only=True)[1]) == 3  # read whole
+    assert shards_info(str(tmp_path / "shards"), hashes=False)["splits"]["train"]["files_without_labelled_person"] is None
+    assert "read whole" in run_cli("shards-info", tmp_path / "shards", "--quick", check=True).stdout

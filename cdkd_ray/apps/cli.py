@@ -134,6 +134,12 @@ def cmd_shards_info(args: argparse.Namespace) -> None:
                   f"{s['source_annotation_sha256'][:12]}     {status}")
             for problem in s["problems"]:
                 print(f"    - {problem}")
+            if s["files_without_labelled_person"]:
+                print(f"    {s['files_without_labelled_person']} file(s) hold only images without a labelled person: "
+                      "read only to evaluate detection boxes")
+            elif s["files_without_labelled_person"] is None:
+                print("    written before the files counted their labelled persons: read whole "
+                      "(shard again to skip images without one)")
             if s["being_written_by"]:
                 print(f"    being written by {s['being_written_by']} (a new version is published when it finishes)")
         stale = r["leftovers"] + [f"{split}/{v}" for split, s in r["splits"].items() for v in s["leftovers"]

@@ -374,7 +374,10 @@ def _split_info(location: Location, manifest: dict, hashes: bool) -> dict:
     problems = verify_split(location, manifest, hashes=hashes)
     keys = ("num_images", "num_persons", "num_keypointed_persons", "num_crowd", "total_bytes", "schema_version",
             "source_annotation_sha256", "skipped_bad")
+    counted = all("labelled_persons" in f for f in manifest["files"])  # not in shards written before 2026-12-07
+    unlabelled = sum(f["labelled_persons"] == 0 for f in manifest["files"]) if counted else None
     return {**{k: manifest[k] for k in keys}, "num_files": len(manifest["files"]),
+            "files_without_labelled_person": unlabelled,
             "version": version_of(manifest), "verified": not problems, "problems": problems,
             "leftovers": leftovers(location, manifest), "being_written_by": lease_holder(location)}
 
