@@ -17,9 +17,8 @@ import json
 import time
 import uuid
 
-from cdkd_ray.core import lease as one_holder
 from cdkd_ray.core.errors import DataValidationError
-from cdkd_ray.core.lease import Lease, LeaseHeld
+from cdkd_ray.core.lease import Lease, LeaseHeld, acquire_lease, live_holder
 from cdkd_ray.core.storage import Location
 
 MANIFEST = "manifest.json"
@@ -32,11 +31,11 @@ class SplitBusy(DataValidationError):
     """Another writer holds the split's lease."""
 
 
-def acquire_lease(split_dir: Location, seconds: float = 600.0) -> Lease:
+def acquire_split_lease(split_dir: Location, seconds: float = 600.0) -> Lease:
     """Take the split's lease or raise SplitBusy naming the holder; an expired lease is broken, and one whose
     writer on this host has ended (killed) at once."""
     try:
-        return one_holder.acquire_lease(split_dir.join(LEASE), seconds, break_if_gone=True)
+        return acquire_lease(split_dir.join(LEASE), seconds, break_if_gone=True)
     except LeaseHeld as held:
         if not held.held:
             raise SplitBusy(f"split {split_dir.uri} is contended", [str(held)]) from None
@@ -97,7 +96,7 @@ def root_leftovers(root: Location) -> list[str]:
 
 def lease_holder(split_dir: Location) -> str | None:
     """Who holds the split's unexpired lease, if anyone (a write is under way)."""
-    return one_holder.live_holder(split_dir.join(LEASE))
+    return live_holder(split_dir.join(LEASE))
 
 
 def collect_garbage(root: Location, dry_run: bool = False) -> dict:
@@ -117,7 +116,7 @@ def collect_garbage(root: Location, dry_run: bool = False) -> dict:
             removed += [f"{name}/{v}" for v in stale]
             continue
         try:
-            lease = acquire_lease(split_dir, seconds=120)
+            lease = acquire_split_lease(split_dir, seconds=120)
         except SplitBusy:
             busy.append(name)
             continue

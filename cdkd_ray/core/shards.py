@@ -28,7 +28,7 @@ from cdkd_ray.core.errors import DataValidationError
 from cdkd_ray.core.keypoints import is_labelled_person
 from cdkd_ray.core.names import check_name
 from cdkd_ray.core.shard_publish import (
-    MANIFEST, VERSION_PREFIX, acquire_lease, collect_garbage, lease_holder, leftovers, new_version, read_pointer,
+    MANIFEST, VERSION_PREFIX, acquire_split_lease, collect_garbage, lease_holder, leftovers, new_version, read_pointer,
     remove_version, root_leftovers, switch_pointer, version_of,
 )
 
@@ -210,7 +210,7 @@ def shard_coco(annotation_path: str, image_dir: str, out_uri: str, split: str | 
         raise DataValidationError("bad option", [f"--rows-per-file must be >= 1 (got {rows_per_file})"])
     coco, images = _load_source(annotation_path, image_dir, skip_bad, s3_endpoint)
     split_dir = resolve(out_uri, s3_endpoint).join(split)
-    lease = acquire_lease(split_dir, lease_seconds)
+    lease = acquire_split_lease(split_dir, lease_seconds)
     try:
         version = VERSION_PREFIX + new_version()
         writer = _PartWriter(split_dir.join(version), rows_per_file, f"{version}/", on_flush=lease.refresh)
@@ -277,6 +277,11 @@ def list_splits(root: Location) -> list[str]:
             if not name.startswith("_") and root.join(name, MANIFEST).exists()]
 
 
+def holds_no_labelled_person(entry: dict) -> bool:
+    """A manifest's part entry counted no labelled person (shards written before the count: False)."""
+    return entry.get("labelled_persons") == 0
+
+
 def shard_files(root_uri: str, split: str, s3_endpoint: str | None = None,
                 labelled_only: bool = False) -> tuple[Location, list[str]]:
     """The split's location and the full paths of the part files its manifest lists.
@@ -287,7 +292,7 @@ def shard_files(root_uri: str, split: str, s3_endpoint: str | None = None,
     """
     location = resolve(root_uri, s3_endpoint).join(split)
     manifest = read_manifest(location)
-    files = [f for f in manifest["files"] if not (labelled_only and f.get("labelled_persons", 1) == 0)]
+    files = [f for f in manifest["files"] if not (labelled_only and holds_no_labelled_person(f))]
     if not files:
         raise DataValidationError(f"nothing to read in {location.uri}",
                                   ["no part holds a labelled person (a person with keypoints, not a crowd)"])
@@ -335,7 +340,7 @@ def verify_split(location: Location, manifest: dict, hashes: bool = True, worker
     reads) get every check but the checksum, which reads the whole file.
     """
     def problems_of(entry: dict) -> list[str]:
-        hashed = hashes and (hash_unlabelled or entry.get("labelled_persons", 1) > 0)
+        hashed = hashes and (hash_unlabelled or not holds_no_labelled_person(entry))
         return _part_problems(location, entry, hashed)
 
     with ThreadPoolExecutor(max(1, workers)) as pool:
@@ -375,7 +380,7 @@ def _split_info(location: Location, manifest: dict, hashes: bool) -> dict:
     keys = ("num_images", "num_persons", "num_keypointed_persons", "num_crowd", "total_bytes", "schema_version",
             "source_annotation_sha256", "skipped_bad")
     counted = all("labelled_persons" in f for f in manifest["files"])  # not in shards written before 2026-12-07
-    unlabelled = sum(f["labelled_persons"] == 0 for f in manifest["files"]) if counted else None
+    unlabelled = sum(map(holds_no_labelled_person, manifest["files"])) if counted else None
     return {**{k: manifest[k] for k in keys}, "num_files": len(manifest["files"]),
             "files_without_labelled_person": unlabelled,
             "version": version_of(manifest), "verified": not problems, "problems": problems,
