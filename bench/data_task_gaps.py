@@ -21,6 +21,7 @@ import os
 import statistics
 import sys
 import time
+from typing import Iterator
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _streams import input_size, stream_arguments, synthetic_shards  # noqa: E402
@@ -51,9 +52,9 @@ def cpu_ticks() -> tuple[int, int]:
     return values[3] + values[4], sum(values)
 
 
-def process_cpu() -> dict[int, tuple[str, float]]:
-    """CPU-seconds used so far by every process of this user: pid -> (a role for the table, seconds)."""
-    tick, mine, used = os.sysconf("SC_CLK_TCK"), os.getpid(), {}
+def process_stats() -> Iterator[tuple[int, str, str, list[str]]]:
+    """(pid, role for the tables, command line, /proc/PID/stat fields after the name) of every live process."""
+    mine = os.getpid()
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             with open(f"/proc/{pid}/stat") as f:
@@ -61,9 +62,14 @@ def process_cpu() -> dict[int, tuple[str, float]]:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
                 cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
-            continue
-        used[int(pid)] = (process_role(int(pid), mine, cmd), (int(fields[11]) + int(fields[12])) / tick)
-    return used
+            continue  # ended meanwhile
+        yield int(pid), process_role(int(pid), mine, cmd), cmd, fields
+
+
+def process_cpu() -> dict[int, tuple[str, float]]:
+    """CPU-seconds used so far by every process of this user: pid -> (a role for the table, seconds)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    return {pid: (role, (int(fields[11]) + int(fields[12])) / tick) for pid, role, _, fields in process_stats()}
 
 
 def process_role(pid: int, mine: int, cmd: str) -> str:

@@ -23,7 +23,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _streams import input_size, stream_arguments, synthetic_shards  # noqa: E402
-from data_task_gaps import process_role  # noqa: E402
+from data_task_gaps import process_stats  # noqa: E402
 from torchrun_vs_ray import BASE, CORES, experiment, single_process_rate, timed_stream, use_input_size  # noqa: E402
 
 SIDES = {"glibc's default heap": False, "kept heap (shipped)": True}
@@ -32,18 +32,9 @@ WORKERS = "data workers"
 
 def worker_counters() -> dict[int, tuple[int, float, float]]:
     """pid -> (minor page faults, user s, kernel s) of every data worker of this user's Ray."""
-    tick, mine, out = os.sysconf("SC_CLK_TCK"), os.getpid(), {}
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if process_role(int(pid), mine, cmd) == WORKERS:
-            out[int(pid)] = (int(fields[7]), int(fields[11]) / tick, int(fields[12]) / tick)
-    return out
+    tick = os.sysconf("SC_CLK_TCK")
+    return {pid: (int(fields[7]), int(fields[11]) / tick, int(fields[12]) / tick)
+            for pid, role, _, fields in process_stats() if role == WORKERS}
 
 
 def one_side(shards: str, passes: int, keep: bool) -> dict:
