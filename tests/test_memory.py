@@ -34,7 +34,7 @@ def test_a_kept_heap_reuses_a_freed_block_instead_of_faulting_in_fresh_pages():
     _, with_default = faults_per_block("default")
 
     assert kept == "True"
-    assert with_default >= 100  # glibc maps each 40 MB block anew: every page faults again (fewer with huge pages)
+    assert with_default >= 10  # glibc maps each 40 MB block anew: every page faults again (2 MiB ones at least)
     assert with_kept <= with_default / 10
 
 

@@ -16,11 +16,12 @@ _kept = False
 def keep_freed_heap() -> bool:
     """Make glibc's malloc reuse freed large arrays instead of mapping fresh pages for each (True if set).
 
-    By default glibc serves an allocation of more than a few MB with a new mapping and returns it to the
-    system when freed, or trims the heap once its free top exceeds twice that; a decode task whose output
-    arrays outlive the next block's then writes every crop into fresh pages, one page fault per 4 KiB
-    (measured: ~20 faults per 256x192 crop, ~15% of the task's CPU in the kernel). Set once per process;
-    elsewhere (not glibc) nothing changes.
+    By default glibc serves an allocation above its mmap threshold (128 KiB, raised as such blocks are
+    freed, to at most 32 MiB) with a new mapping, unmapped when freed, and trims the heap once its free top
+    exceeds twice that threshold; a decode task whose output arrays outlive the next block's then writes
+    its crops into fresh pages, a page fault per page (measured: ~22 faults per 256x192 crop, 14% of the
+    data workers' CPU in the kernel; bench/decode_heap.py). Set once per process; elsewhere (not glibc)
+    nothing changes.
     """
     global _kept
     if _kept:
