@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 
 def run_cli(*args: str, check: bool = False, timeout: float = 600, env=None) -> subprocess.CompletedProcess:
@@ -118,12 +119,9 @@ def reports_to_file(path: str):
     return ReportsToFile()
 
 
-def with_unlabelled_images(coco_mini, folder) -> "Path":
+def with_unlabelled_images(coco_mini, folder) -> Path:
     """The COCO mini annotations plus two images no instance comes from, listed first and third: one
     without annotations (id 900001), one with only a crowd region and a person without keypoints (900002)."""
-    import json
-    from pathlib import Path
-
     source = json.loads((Path(coco_mini) / "person_keypoints_val_mini.json").read_text())
     first, second = source["images"][:2]
     base = next(a for a in source["annotations"] if a["image_id"] == second["id"])
