@@ -14,7 +14,8 @@ runs alternate between the sides, `--rounds` times. Printed:
 1. the data path alone, samples/s in one long stream (the parts read --passes times, so a per-execution
    start-up does not hide the rate; the time to the first batch is printed apart): one process (no Ray,
    no DataLoader), DataLoader with shuffle, Ray Data (`build_dataset` + `train_batches` with the
-   instance shuffle buffer, and without it; with --big-part-rows also over the same images in larger
+   instance shuffle buffer, and without it, and one part a task instead of small parts grouped to
+   `data.images_per_task` images; with --big-part-rows also over the same images in larger
    parts, three times each as shipped, with Ray Data's per-operator object-store reservation, and in one
    process, alternating), per core against the one-process path (the large parts against their own
    one-process runs, taken between theirs), and how many decode tasks ran at once on average
@@ -256,6 +257,7 @@ def measure(shards: str, storage: str, epochs: int, passes: int, rounds: int, bi
     ensure_ray()
     data["ray_data"] = ray_data_rate(shards, passes)
     data["ray_data_no_shuffle"] = ray_data_rate(shards, passes, ["data.shuffle_buffer=0"])
+    data["ray_data_part_a_task"] = ray_data_rate(shards, passes, ["data.images_per_task=1"])
     if big_parts:  # the same images in fewer, larger parts: fewer, longer decode tasks
         data.update(big_parts_both_ways(big_parts, passes))
     data["plain_ray_tasks_running"] = plain_task_concurrency()
@@ -290,7 +292,8 @@ def report(measured: dict) -> dict:
     result = {"cores": CORES, "data_path": data, "train_per_epoch": train, "train_steady": s,
               "ray_data_per_core_vs_single_process": data["ray_data"]["steady"] / CORES / one,
               "dataloader_per_core_vs_single_process": data["dataloader"]["steady"] / CORES / one,
-              "shuffle_buffer_cost": 1 - data["ray_data"]["steady"] / data["ray_data_no_shuffle"]["steady"]}
+              "shuffle_buffer_cost": 1 - data["ray_data"]["steady"] / data["ray_data_no_shuffle"]["steady"],
+              "grouped_parts_vs_part_a_task": data["ray_data"]["steady"] / data["ray_data_part_a_task"]["steady"]}
     if "ray_data_big_parts" in data:
         result["big_parts_per_core_vs_single_process"] = (data["ray_data_big_parts"]["steady"] / CORES
                                                           / data["single_process_big_parts"]["steady"])
@@ -314,6 +317,7 @@ def data_lines(data: dict, one: float) -> list[str]:
             (f"DataLoader shuffle=True, {CORES} workers", "dataloader", CORES, one),
             ("Ray Data + instance shuffle buffer", "ray_data", CORES, one),
             ("Ray Data, no shuffle buffer", "ray_data_no_shuffle", CORES, one),
+            ("Ray Data, one part a task (images_per_task=1)", "ray_data_part_a_task", CORES, one),
             ("large parts, one process (reference beside them)", "single_process_big_parts", 1, big),
             ("large parts, Ray Data's per-operator reservation", "ray_data_big_parts_reserved", CORES, big),
             ("Ray Data + shuffle buffer, large parts", "ray_data_big_parts", CORES, big)):
@@ -347,6 +351,7 @@ def train_lines(s: dict, result: dict) -> list[str]:
         lines.append(f"{'':<8}ratio {result[f'ray_train_vs_torchrun_w{w}']:.2f}x from the first batch, "
                      f"{result[f'ray_train_vs_torchrun_w{w}_whole_epoch']:.2f}x whole epochs")
     lines.append(f"the shuffle buffer costs {result['shuffle_buffer_cost']:.1%} of Ray Data's steady rate")
+    lines.append(f"small parts grouped / one part a task: {result['grouped_parts_vs_part_a_task']:.2f}x")
     return lines
 
 

@@ -116,6 +116,24 @@ def test_decoding_fuses_into_the_read_tasks_when_there_are_parts_for_every_slot(
 
 
 @pytest.mark.timeout(300)
+def test_small_parts_are_read_several_to_a_task_with_the_same_instances(ray_session, synth_shards):
+    """Parts of 10 images (8 on average here), two task slots: with data.images_per_task=16 each task reads
+    two, half the tasks of one part a task (each costs a start, and a slot idles between two), and every
+    instance is still read once per pass."""
+    import dataclasses
+
+    def tasks_and_ids(images_per_task: int):
+        cfg = dataclasses.replace(CFG, images_per_task=images_per_task, max_tasks=2)
+        ds = build_dataset(synth_shards, "train", cfg, passes=4).materialize()
+        executed = [line for line in ds.stats().splitlines() if "_instances_udf): " in line and "tasks executed" in line]
+        return int(executed[0].split("): ")[1].split()[0]), Counter(ds.to_pandas()["image_id"])
+
+    grouped, one_a_task = tasks_and_ids(16), tasks_and_ids(1)
+    assert grouped[0] == 6 and one_a_task[0] == 12
+    assert grouped[1] == one_a_task[1] and sum(grouped[1].values()) > 0
+
+
+@pytest.mark.timeout(300)
 def test_corrupt_image_in_shard_is_reported_by_id(ray_session, synth_dir, tmp_path, caplog):
     root = tmp_path / "shards"
     shard_coco(str(synth_dir / "annotations" / "person_keypoints_val.json"), str(synth_dir / "val"), str(root),

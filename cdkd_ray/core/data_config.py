@@ -32,6 +32,7 @@ class DataConfig:
     on_bad_image: Literal["skip", "fail"] = "skip"
     verify_shards: bool = True  # check every part's size and SHA-256 against the manifest when a run starts
     images_per_block: int = 16  # images decoded per output batch of a read/decode task
+    images_per_task: int = 256  # a read/decode task reads whole parts, small ones grouped to about this many images
     s3_client: Literal["pyarrow", "s3fs"] = "pyarrow"  # how training reads Parquet parts from s3://
     shuffle_buffer: int = 512  # training instances mixed across images and blocks, reseeded every epoch (0: off)
     num_cpus_per_task: float = 0.5
@@ -58,6 +59,8 @@ class DataConfig:
             raise ConfigError(f"{where}.scale_factor must be within [0, 1)")
         if self.images_per_block < 1:
             raise ConfigError(f"{where}.images_per_block must be >= 1")
+        if self.images_per_task < 1:
+            raise ConfigError(f"{where}.images_per_task must be >= 1 (1: one part a task)")
         if self.max_tasks < 0:
             raise ConfigError(f"{where}.max_tasks must be >= 0 (0: sized from the cores)")
         if self.shuffle_buffer < 0:

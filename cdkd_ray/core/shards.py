@@ -282,9 +282,9 @@ def holds_no_labelled_person(entry: dict) -> bool:
     return entry.get("labelled_persons") == 0
 
 
-def shard_files(root_uri: str, split: str, s3_endpoint: str | None = None,
-                labelled_only: bool = False) -> tuple[Location, list[str]]:
-    """The split's location and the full paths of the part files its manifest lists.
+def shard_parts(root_uri: str, split: str, s3_endpoint: str | None = None,
+                labelled_only: bool = False) -> tuple[Location, list[dict]]:
+    """The split's location and the manifest entries (name, rows, ...) of the part files to read.
 
     `labelled_only`: leave out the parts whose images hold no labelled person (readers that make
     instances only of labelled people: training, GT-box evaluation). Shards written before the manifest
@@ -296,6 +296,13 @@ def shard_files(root_uri: str, split: str, s3_endpoint: str | None = None,
     if not files:
         raise DataValidationError(f"nothing to read in {location.uri}",
                                   ["no part holds a labelled person (a person with keypoints, not a crowd)"])
+    return location, files
+
+
+def shard_files(root_uri: str, split: str, s3_endpoint: str | None = None,
+                labelled_only: bool = False) -> tuple[Location, list[str]]:
+    """The split's location and the full paths of the part files to read (see shard_parts)."""
+    location, files = shard_parts(root_uri, split, s3_endpoint, labelled_only)
     return location, [location.join(f["name"]).path for f in files]
 
 

@@ -13,7 +13,8 @@ from cdkd_ray.core.data_config import DataConfig
 from cdkd_ray.core.instances import build_instances, load_detections, rows_from_arrow
 from cdkd_ray.core.keypoints import NUM_KEYPOINTS
 from cdkd_ray.core.memory import keep_freed_heap
-from cdkd_ray.core.shards import shard_files
+from cdkd_ray.core.read_plan import read_task_count
+from cdkd_ray.core.shards import shard_parts
 from cdkd_ray.core.storage import arrow_s3_filesystem
 
 if TYPE_CHECKING:  # torch stays out of the decode tasks, which import this module for their function
@@ -52,25 +53,24 @@ def _read_filesystem(location, cfg: DataConfig):
     return arrow_s3_filesystem(location) if cfg.s3_client == "pyarrow" else location.fs
 
 
-def _read_parts(paths: list[str], filesystem, shuffle, cfg: DataConfig, tasks: int | None):
-    """Ray Data's file-based Parquet reader over exactly these parts (the manifest's list), one part a task.
+def _read_parts(paths: list[str], filesystem, shuffle, cfg: DataConfig, tasks: int | None, read_tasks: int):
+    """Ray Data's file-based Parquet reader over exactly these parts (the manifest's list) in `read_tasks` tasks.
 
     Not the 2.60 default (datasource V2): that one re-lists the paths every execution through a new
     footer-reader actor (an actor process per epoch, ~1 s more per epoch here) and drops repeated paths.
-    The manifest already names every part, so there is nothing to list. With at least two parts per task
-    slot, each part is one read task, and the decode step fuses into it (no second task per block, no
-    trip of the encoded images through the object store); with fewer, Ray splits the parts so that all
-    slots work.
+    The manifest already names every part, so there is nothing to list. With at least as many parts as
+    read tasks, each task reads whole parts (several, when they are small: read_task_count), and the
+    decode step fuses into it (no second task per block, no trip of the encoded images through the
+    object store); with fewer, Ray splits the parts so that all slots work.
     """
     from ray.data import DataContext, read_parquet
 
     ctx = DataContext.get_current()
     saved, ctx.use_datasource_v2 = ctx.use_datasource_v2, False
     try:
-        fusable = len(paths) >= 2 * (tasks or 1)
+        fusable = len(paths) >= read_tasks
         return read_parquet(paths, filesystem=filesystem, shuffle=shuffle, num_cpus=cfg.num_cpus_per_task,
-                            concurrency=tasks if fusable else None,
-                            override_num_blocks=len(paths) if fusable else 2 * (tasks or 1))
+                            concurrency=tasks if fusable else None, override_num_blocks=read_tasks)
     finally:
         ctx.use_datasource_v2 = saved
 
@@ -93,14 +93,19 @@ def build_dataset(uri: str, split: str, cfg: DataConfig, train: bool | None = No
     detections_file = detections_file or (None if train else cfg.detections)
     detections = load_detections(detections_file, cfg.det_score_threshold) if detections_file else None
     # instances of labelled people only (train, GT boxes): the parts of images without any are not read
-    location, paths = shard_files(uri, split, s3_endpoint, labelled_only=detections is None)
+    location, parts = shard_parts(uri, split, s3_endpoint, labelled_only=detections is None)
+    paths = [location.join(part["name"]).path for part in parts] * passes
     shuffle = None
     if shuffle_files:
         from ray.data import FileShuffleConfig
 
         shuffle = FileShuffleConfig(seed=cfg.seed) if cfg.seed is not None else "files"
     tasks = map_task_limit(cfg)
-    ds = _read_parts(paths * passes, _read_filesystem(location, cfg), shuffle, cfg, tasks)
+    # On a cluster (tasks None) Ray Data sizes the pool: parts are grouped while every slot keeps two
+    # tasks, but never split (a split part's images would go through the object store to a decode task).
+    read_tasks = read_task_count([part["rows"] for part in parts] * passes, cfg.images_per_task,
+                                 tasks or task_slots(cfg), split_parts=tasks is not None)
+    ds = _read_parts(paths, _read_filesystem(location, cfg), shuffle, cfg, tasks, read_tasks)
     return ds.map_batches(
         _instances_udf,
         fn_kwargs={"cfg": cfg, "train": train, "epoch": epoch, "detections": detections, "bad_images": bad_images},
@@ -128,6 +133,17 @@ def map_task_limit(cfg: DataConfig) -> int | None:
     cores = os.cpu_count() or 1
     over_declared = len(nodes) == 1 and nodes[0].get("Resources", {}).get("CPU", 0) > cores
     return cores if over_declared else None
+
+
+def task_slots(cfg: DataConfig) -> int:
+    """How many decode tasks the cluster's CPUs hold at once now (where Ray Data sizes the pool itself).
+
+    Without a Ray yet, Ray Data will start a default local one: as many CPUs as this machine's cores.
+    """
+    import ray
+
+    cpus = ray.cluster_resources().get("CPU", 1) if ray.is_initialized() else (os.cpu_count() or 1)
+    return max(1, int(cpus / max(cfg.num_cpus_per_task, 1e-3)))
 
 
 def shuffle_seed(seed: int | None, epoch: int, rank: int) -> int | None:
