@@ -42,6 +42,12 @@ def test_local_and_s3_shards_yield_the_same_instances(ray_session, synth_dir, sy
         assert np.array_equal(a["image"], b["image"]) and np.array_equal(a["joints"], b["joints"])
     batch = next(iter(build_dataset(uri, "val", CFG).iter_batches(batch_size=8, batch_format="numpy")))
     check_batch(batch)
+    # one task slot: the 3 small parts are read two to a task (2 tasks) from S3, the same instances
+    import dataclasses
+
+    grouped = build_dataset(uri, "val", dataclasses.replace(CFG, max_tasks=1)).materialize()
+    assert "_instances_udf): 2 tasks executed" in grouped.stats()
+    assert sorted(map(key, grouped.take_all())) == sorted(map(key, local))
 
 
 @pytest.mark.timeout(300)
