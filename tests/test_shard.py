@@ -185,6 +185,10 @@ def test_images_without_a_labelled_person_get_parts_of_their_own_that_training_d
            for i in block["image_id"]]
     assert sorted(ids) == sorted(im["id"] for im in source["images"] if im["id"] < 900000)
     assert shards_info(str(tmp_path / "shards"))["splits"]["train"]["files_without_labelled_person"] == 1
+    # 3 a part: the 4th labelled image ends its part early rather than share it with the two without one
+    manifest3 = shard_coco(str(ann), str(coco_mini / "images"), str(tmp_path / "shards3"), split="train",
+                           rows_per_file=3, show_progress=False)
+    assert [(f["rows"], f["labelled_persons"] > 0) for f in manifest3["files"]] == [(3, True), (1, True), (2, False)]
     shown = run_cli("shards-info", tmp_path / "shards", check=True).stdout
     assert "1 file(s) hold only images without a labelled person" in shown
     # a run reading labelled people only does not hash the parts it will not read (every other check holds)

@@ -139,6 +139,10 @@ def _read_and_check(folder: Location, image_dir: str, im) -> tuple[bytes | None,
     return (None, f"image id={im.image_id}: file '{im.file_name}': {problem}") if problem else (data, None)
 
 
+def _has_labelled_person(im) -> bool:
+    return any(map(is_labelled_person, im.persons))
+
+
 def _write_parts(coco: CocoKeypointSet, images: Location, image_dir: str, split: str, writer: _PartWriter,
                  skip_bad: bool, show_progress: bool, read_workers: int = 8) -> tuple[list[str], set[int]]:
     """Check and write every image; returns (problems, ids of bad images). Keeps scanning after a bad one.
@@ -150,7 +154,8 @@ def _write_parts(coco: CocoKeypointSet, images: Location, image_dir: str, split:
     """
     problems: list[str] = list(coco.problems)
     bad_images: set[int] = set()
-    ordered = sorted(coco.images, key=lambda im: not any(map(is_labelled_person, im.persons)))
+    ordered = sorted(coco.images, key=lambda im: not _has_labelled_person(im))
+    previous_labelled = True
     reads = ordered_map(lambda im: _read_and_check(images, image_dir, im), ordered, read_workers)
     for im, (data, problem) in tqdm(zip(ordered, reads), total=len(ordered), desc=f"shard {split}",
                                     unit="img", disable=not show_progress):
@@ -160,6 +165,9 @@ def _write_parts(coco: CocoKeypointSet, images: Location, image_dir: str, split:
             continue
         if bad_images and not skip_bad:
             continue  # keep scanning to report every bad item; nothing will be published
+        if previous_labelled and not _has_labelled_person(im):
+            writer.flush()  # the images without a labelled person start a part of their own
+            previous_labelled = False
         writer.add({"image_id": im.image_id, "file_name": im.file_name, "width": im.width, "height": im.height,
                     "image": data, "persons": _person_rows(im.persons), "split": split})
     writer.flush()
