@@ -2,6 +2,7 @@
 
     python bench/torchrun_vs_ray.py [--images 600] [--epochs 3] [--passes 32] [--rounds 2] [--json]
                                     [--rows-per-file 50] [--big-part-rows N] [--input-size 96x64]
+                                    [--coco DIR]
 
 Both sides read the same shards, run the same decode/augment code (`build_instances`), the same
 model and the same training step (the core's `fit_epoch`), at 1 and 2 workers with the same global batch
@@ -14,13 +15,16 @@ runs alternate between the sides, `--rounds` times. Printed:
 1. the data path alone, samples/s in one long stream (the parts read --passes times, so a per-execution
    start-up does not hide the rate; the time to the first batch is printed apart): one process (no Ray,
    no DataLoader), DataLoader with shuffle, Ray Data (`build_dataset` + `train_batches` with the
-   instance shuffle buffer, and without it, and one part a task instead of small parts grouped to
-   `data.images_per_task` images; with --big-part-rows also over the same images in larger
+   instance shuffle buffer, and without it, one part a task instead of small parts grouped to
+   `data.images_per_task` images, and with Ray's downstream-capacity backpressure ratio (2) instead of
+   the embedded Ray's (cores + 2); with --big-part-rows also over the same images in larger
    parts, three times each as shipped, with Ray Data's per-operator object-store reservation, and in one
-   process, alternating), per core against the one-process path (the large parts against their own
-   one-process runs, taken between theirs), and how many decode tasks ran at once on average
-   (from Ray's task timeline), against plain Ray tasks of 0.1 s kept as many in flight as cores
-   (--rounds 0 stops here);
+   process, alternating), and how many decode tasks ran at once on average (from Ray's task timeline),
+   against plain Ray tasks of 0.1 s kept as many in flight as cores (--rounds 0 stops here). Per core
+   against two one-process references (the large parts against their own, taken between their runs):
+   build_instances over rows read beforehand, and the whole path as Ray Data's stream runs it (the parts
+   read every pass, the shuffle buffer, torch batches). With --coco the stream is a COCO folder's real
+   photos (one part, read --passes times) instead of synthetic images;
 2. training, samples/s: torchrun (DDP, gloo) + DataLoader vs Ray Train + Ray Data, and the ratios.
 """
 
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import glob
 import json
 import os
 import statistics
@@ -45,6 +50,7 @@ from cdkd_ray.core.experiment import ExperimentConfig  # noqa: E402
 
 BASE = [*size_overrides((96, 64)), "distill.enabled=false", "train.lr_steps=[100]", "train.val_every=100"]
 GLOBAL_BATCH = 16
+RAYS_BACKPRESSURE_RATIO = 2.0  # Ray Data 2.60's downstream-capacity ratio (the embedded Ray ships cores + 2)
 CORES = os.cpu_count() or 2
 
 
@@ -132,6 +138,27 @@ def single_process_rate(shards: str, passes: int) -> dict:
     return {"startup_s": 0.0, "steady": seen / (time.perf_counter() - started)}
 
 
+def single_process_whole_path_rate(shards: str, passes: int) -> dict:
+    """The whole data path in one process on one core, as Ray Data's stream runs it: each pass reads the parts
+    from disk, then build_instances, the instance shuffle buffer and torch batches (train_batches' own code)."""
+    import cv2
+    import torch
+
+    from cdkd_ray.core.instances import build_instances
+    from cdkd_ray.core.shard_reader import iter_shard_rows
+    from cdkd_ray.core.training import torch_batches
+    from cdkd_ray.ray_adapters.pipeline import shuffle_seed
+
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+    cfg = experiment(1, 1)
+    chunks = (build_instances(rows, cfg.data, True, p) for p in range(passes)
+              for rows in iter_shard_rows(shards, "train", cfg.data.images_per_block, labelled_only=True))
+    first, rate = timed_stream(torch_batches(chunks, cfg.train.batch_size, cfg.data.shuffle_buffer,
+                                             shuffle_seed(cfg.data.seed, 1, 0)))
+    return {"startup_s": first, "steady": rate}
+
+
 def timed_stream(batches) -> tuple[float, float]:
     """(seconds to the first batch, samples/s over the whole stream, start-up included) of one pass.
 
@@ -194,28 +221,32 @@ def ray_data_rate(shards: str, passes: int, overrides: list[str] = ()) -> dict:
 
 
 @contextlib.contextmanager
-def ray_data_reservation(enabled: bool):
-    """Ray Data's per-operator object-store reservation on or off for the datasets made inside."""
+def ray_data_settings(**settings):
+    """Ray Data's DataContext with these attributes for the datasets made (and run) inside, restored after."""
     import ray.data
 
     ctx = ray.data.DataContext.get_current()
-    before, ctx.op_resource_reservation_enabled = ctx.op_resource_reservation_enabled, enabled
+    before = {key: getattr(ctx, key) for key in settings}
     try:
+        for key, value in settings.items():
+            setattr(ctx, key, value)
         yield
     finally:
-        ctx.op_resource_reservation_enabled = before
+        for key, value in before.items():
+            setattr(ctx, key, value)
 
 
 def big_parts_both_ways(big_parts: str, passes: int, rounds: int = 3) -> dict:
     """The large parts' stream as shipped (no per-operator reservation) and with Ray Data's default, and the
     one-process path over the same parts, alternating: the per-core ratio compares runs seconds apart (this
     machine's speed drifts by up to 2x within a day, and ~20% within minutes)."""
-    runs: dict[str, list[dict]] = {"single_process_big_parts": [], "ray_data_big_parts": [],
-                                   "ray_data_big_parts_reserved": []}
+    runs: dict[str, list[dict]] = {"single_process_big_parts": [], "single_process_whole_path_big_parts": [],
+                                   "ray_data_big_parts": [], "ray_data_big_parts_reserved": []}
     for _ in range(rounds):
         runs["single_process_big_parts"].append(single_process_rate(big_parts, passes))
+        runs["single_process_whole_path_big_parts"].append(single_process_whole_path_rate(big_parts, passes))
         for key, reserved in (("ray_data_big_parts_reserved", True), ("ray_data_big_parts", False)):
-            with ray_data_reservation(reserved):
+            with ray_data_settings(op_resource_reservation_enabled=reserved):
                 runs[key].append(ray_data_rate(big_parts, passes))
     return {key: {**{k: statistics.mean(r[k] for r in rs) for k in rs[0]}, "runs": [r["steady"] for r in rs]}
             for key, rs in runs.items()}
@@ -253,11 +284,14 @@ def measure(shards: str, storage: str, epochs: int, passes: int, rounds: int, bi
     from cdkd_ray.ray_adapters.runtime import ensure_ray
 
     data = {"single_process": single_process_rate(shards, passes),
+            "single_process_whole_path": single_process_whole_path_rate(shards, passes),
             "dataloader": torchrun_rates(shards, 1, 1, passes=passes)}
     ensure_ray()
     data["ray_data"] = ray_data_rate(shards, passes)
     data["ray_data_no_shuffle"] = ray_data_rate(shards, passes, ["data.shuffle_buffer=0"])
     data["ray_data_part_a_task"] = ray_data_rate(shards, passes, ["data.images_per_task=1"])
+    with ray_data_settings(downstream_capacity_backpressure_ratio=RAYS_BACKPRESSURE_RATIO):
+        data["ray_data_rays_ratio"] = ray_data_rate(shards, passes)
     if big_parts:  # the same images in fewer, larger parts: fewer, longer decode tasks
         data.update(big_parts_both_ways(big_parts, passes))
     data["plain_ray_tasks_running"] = plain_task_concurrency()
@@ -292,11 +326,16 @@ def report(measured: dict) -> dict:
     result = {"cores": CORES, "data_path": data, "train_per_epoch": train, "train_steady": s,
               "ray_data_per_core_vs_single_process": data["ray_data"]["steady"] / CORES / one,
               "dataloader_per_core_vs_single_process": data["dataloader"]["steady"] / CORES / one,
+              "ray_data_per_core_vs_single_process_whole_path": (data["ray_data"]["steady"] / CORES
+                                                                 / data["single_process_whole_path"]["steady"]),
               "shuffle_buffer_cost": 1 - data["ray_data"]["steady"] / data["ray_data_no_shuffle"]["steady"],
-              "grouped_parts_vs_part_a_task": data["ray_data"]["steady"] / data["ray_data_part_a_task"]["steady"]}
+              "grouped_parts_vs_part_a_task": data["ray_data"]["steady"] / data["ray_data_part_a_task"]["steady"],
+              "local_ratio_vs_rays_ratio": data["ray_data"]["steady"] / data["ray_data_rays_ratio"]["steady"]}
     if "ray_data_big_parts" in data:
         result["big_parts_per_core_vs_single_process"] = (data["ray_data_big_parts"]["steady"] / CORES
                                                           / data["single_process_big_parts"]["steady"])
+        result["big_parts_per_core_vs_single_process_whole_path"] = (
+            data["ray_data_big_parts"]["steady"] / CORES / data["single_process_whole_path_big_parts"]["steady"])
         result["big_parts_vs_small_parts"] = data["ray_data_big_parts"]["steady"] / data["ray_data"]["steady"]
         result["big_parts_unreserved_vs_reserved"] = (data["ray_data_big_parts"]["steady"]
                                                       / data["ray_data_big_parts_reserved"]["steady"])
@@ -309,29 +348,44 @@ def report(measured: dict) -> dict:
 
 
 def data_lines(data: dict, one: float) -> list[str]:
+    """The data-path table: each row per core against build_instances alone in one process, and against the
+    whole path (reads, shuffle buffer, batches) in one process; the large parts against their own runs."""
     lines = [f"{'data path alone (one long stream, start-up included)':<52}{'samples/s':>10}{'per core':>10}"
-             f"{'start-up':>10}{'tasks at once':>15}"]
-    big = data.get("single_process_big_parts", {}).get("steady", one)  # the large parts' own reference
-    for label, key, cores, reference in (
-            ("one process, one core (reference)", "single_process", 1, one),
-            (f"DataLoader shuffle=True, {CORES} workers", "dataloader", CORES, one),
-            ("Ray Data + instance shuffle buffer", "ray_data", CORES, one),
-            ("Ray Data, no shuffle buffer", "ray_data_no_shuffle", CORES, one),
-            ("Ray Data, one part a task (images_per_task=1)", "ray_data_part_a_task", CORES, one),
-            ("large parts, one process (reference beside them)", "single_process_big_parts", 1, big),
-            ("large parts, Ray Data's per-operator reservation", "ray_data_big_parts_reserved", CORES, big),
-            ("Ray Data + shuffle buffer, large parts", "ray_data_big_parts", CORES, big)):
+             f"{'vs whole':>10}{'start-up':>10}{'tasks at once':>15}"]
+    from cdkd_ray.ray_adapters.runtime import local_backpressure_ratio
+
+    whole = data["single_process_whole_path"]["steady"]
+    big = data.get("single_process_big_parts", {}).get("steady", one)  # the large parts' own references
+    big_whole = data.get("single_process_whole_path_big_parts", {}).get("steady", whole)
+    for label, key, cores, (reference, whole_reference) in (
+            ("one process, one core (reference)", "single_process", 1, (one, whole)),
+            ("one process, whole path (read, shuffle, batches)", "single_process_whole_path", 1, (one, whole)),
+            (f"DataLoader shuffle=True, {CORES} workers", "dataloader", CORES, (one, whole)),
+            ("Ray Data + instance shuffle buffer", "ray_data", CORES, (one, whole)),
+            ("Ray Data, no shuffle buffer", "ray_data_no_shuffle", CORES, (one, whole)),
+            ("Ray Data, one part a task (images_per_task=1)", "ray_data_part_a_task", CORES, (one, whole)),
+            (f"Ray Data, Ray's backpressure ratio ({RAYS_BACKPRESSURE_RATIO:g})", "ray_data_rays_ratio", CORES,
+             (one, whole)),
+            ("large parts, one process (reference beside them)", "single_process_big_parts", 1, (big, big_whole)),
+            ("large parts, one process, whole path", "single_process_whole_path_big_parts", 1, (big, big_whole)),
+            ("large parts, Ray Data's per-operator reservation", "ray_data_big_parts_reserved", CORES,
+             (big, big_whole)),
+            ("Ray Data + shuffle buffer, large parts", "ray_data_big_parts", CORES, (big, big_whole))):
         d = data.get(key)
         if d:
             running = f"{d['tasks_running']:>12.2f}/{CORES}" if "tasks_running" in d else ""
             lines.append(f"{label:<52}{d['steady']:>10.1f}{d['steady'] / cores / reference:>9.2f}x"
-                         f"{d['startup_s']:>9.2f}s{running}")
+                         f"{d['steady'] / cores / whole_reference:>9.2f}x{d['startup_s']:>9.2f}s{running}")
     if "ray_data_big_parts_reserved" in data:
         unreserved, reserved = data["ray_data_big_parts"], data["ray_data_big_parts_reserved"]
         lines.append(f"large parts without the per-operator reservation (as shipped) / with it: "
                      f"{unreserved['steady'] / reserved['steady']:.2f}x (runs, alternating: "
                      f"{'/'.join(f'{v:.0f}' for v in unreserved['runs'])} against "
                      f"{'/'.join(f'{v:.0f}' for v in reserved['runs'])})")
+    shipped = data["ray_data"]["steady"]
+    lines.append(f"parts grouped / one part a task: {shipped / data['ray_data_part_a_task']['steady']:.2f}x; "
+                 f"backpressure ratio {local_backpressure_ratio():g} (as shipped) / Ray's {RAYS_BACKPRESSURE_RATIO:g}: "
+                 f"{shipped / data['ray_data_rays_ratio']['steady']:.2f}x")
     if "plain_ray_tasks_running" in data:
         lines.append(f"{'plain Ray tasks of 0.1 s, as many in flight as cores':<82}"
                      f"{data['plain_ray_tasks_running']:>12.2f}/{CORES}")
@@ -351,8 +405,16 @@ def train_lines(s: dict, result: dict) -> list[str]:
         lines.append(f"{'':<8}ratio {result[f'ray_train_vs_torchrun_w{w}']:.2f}x from the first batch, "
                      f"{result[f'ray_train_vs_torchrun_w{w}_whole_epoch']:.2f}x whole epochs")
     lines.append(f"the shuffle buffer costs {result['shuffle_buffer_cost']:.1%} of Ray Data's steady rate")
-    lines.append(f"small parts grouped / one part a task: {result['grouped_parts_vs_part_a_task']:.2f}x")
     return lines
+
+
+def coco_shards(coco: str, root: str) -> str:
+    """A COCO folder's photos sharded as the train split, in one part (its labelled people train)."""
+    from cdkd_ray.core.shards import shard_coco
+
+    annotations = sorted(glob.glob(os.path.join(coco, "person_keypoints_*.json")))[0]
+    shard_coco(annotations, os.path.join(coco, "images"), root, split="train", show_progress=False)
+    return root
 
 
 def main() -> None:
@@ -360,6 +422,8 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=600)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--shards", help="existing shard root (default: synthesise --images)")
+    parser.add_argument("--coco", help="COCO folder (person_keypoints_*.json + images/): its photos, as one "
+                                       "part, instead of synthetic images (real JPEGs; e.g. a few, many --passes)")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # one torchrun rank
     parser.add_argument("--passes", type=int, default=32, help="passes over the parts in one data-path stream")
@@ -372,6 +436,11 @@ def main() -> None:
     args = parser.parse_args()
     if args.rounds < 0 or args.rows_per_file < 1 or args.big_part_rows < 0:
         parser.error("--rounds and --big-part-rows must be >= 0, --rows-per-file >= 1")
+    if args.coco and (args.shards or args.big_part_rows):
+        parser.error("--coco streams its own photos: leave out --shards and --big-part-rows")
+    if args.coco and not (glob.glob(os.path.join(args.coco, "person_keypoints_*.json"))
+                          and os.path.isdir(os.path.join(args.coco, "images"))):
+        parser.error(f"--coco {args.coco}: no person_keypoints_*.json and images/ folder there")
     use_input_size(args.input_size)
     if args.worker:
         return torchrun_worker(args)
@@ -379,8 +448,11 @@ def main() -> None:
 
     work = scratch_folder("cdkd-torchrun-bench-")
     synth = os.path.join(work, "synth")
-    shards = args.shards or shard_coco_dir(make_synthetic(synth, args.images, 8, seed=0), os.path.join(work, "shards"),
-                                           rows_per_file=args.rows_per_file)
+    if args.coco:
+        shards = coco_shards(args.coco, os.path.join(work, "coco"))
+    else:
+        shards = args.shards or shard_coco_dir(make_synthetic(synth, args.images, 8, seed=0),
+                                               os.path.join(work, "shards"), rows_per_file=args.rows_per_file)
     big = shard_coco_dir(synth, os.path.join(work, "big-parts"), rows_per_file=args.big_part_rows) \
         if args.big_part_rows and not args.shards else None
     result = report(measure(shards, os.path.join(work, "runs"), args.epochs, args.passes, args.rounds, big))

@@ -252,19 +252,21 @@ def test_decode_tasks_are_capped_at_the_cores_of_an_over_declared_local_ray(ray_
 
 def test_the_embedded_rays_datasets_are_fitted_to_one_box_in_the_driver_and_its_workers(ray_session):
     """The embedded Ray's 768 MiB store held Ray Data to one decode task at a time with large parts
-    (bench/torchrun_vs_ray.py), and its executor's 0.1 s wait per round left each data worker idle ~0.1 s
-    after a task (bench/data_task_gaps.py); datasets made in the driver, a task or an actor (a Tune trial,
-    Train's split coordinator) run without the reservation and with the short wait, and a dataset still
-    streams through a pool of actors so."""
+    (bench/torchrun_vs_ray.py), Ray's downstream-capacity ratio of 2 held two decode tasks to ~1.4 at once
+    on real photos (their ~110 MB blocks land together), and its executor's 0.1 s wait per round left each
+    data worker idle ~0.1 s after a task (bench/data_task_gaps.py); datasets made in the driver, a task or
+    an actor (a Tune trial, Train's split coordinator) run without the reservation, with room for a block
+    of every core's task, and with the short wait, and a dataset still streams through a pool of actors so."""
     import ray
     import ray.data
 
-    from cdkd_ray.ray_adapters.runtime import LOCAL_EXECUTOR_WAIT_S
+    from cdkd_ray.ray_adapters.runtime import LOCAL_EXECUTOR_WAIT_S, local_backpressure_ratio
 
     def fitted() -> tuple:
         from ray.data._internal.execution import streaming_executor_state
 
-        return (ray.data.DataContext.get_current().op_resource_reservation_enabled,
+        ctx = ray.data.DataContext.get_current()
+        return (ctx.op_resource_reservation_enabled, ctx.downstream_capacity_backpressure_ratio,
                 streaming_executor_state.WAIT_FOR_TASK_COMPLETION_TIMEOUT_S)
 
     @ray.remote(num_cpus=0)
@@ -273,9 +275,12 @@ def test_the_embedded_rays_datasets_are_fitted_to_one_box_in_the_driver_and_its_
             return fitted()
 
     assert LOCAL_EXECUTOR_WAIT_S < 0.1
-    assert fitted() == (False, LOCAL_EXECUTOR_WAIT_S)
-    assert ray.get(ray.remote(num_cpus=0)(fitted).remote()) == (False, LOCAL_EXECUTOR_WAIT_S)
-    assert ray.get(Trial.remote().fitted.remote()) == (False, LOCAL_EXECUTOR_WAIT_S)
+    rays_default = ray.data.DataContext().downstream_capacity_backpressure_ratio
+    assert local_backpressure_ratio() == os.cpu_count() + 2 > rays_default
+    expected = (False, local_backpressure_ratio(), LOCAL_EXECUTOR_WAIT_S)
+    assert fitted() == expected
+    assert ray.get(ray.remote(num_cpus=0)(fitted).remote()) == expected
+    assert ray.get(Trial.remote().fitted.remote()) == expected
 
     class AddOne:
         def __call__(self, batch):

@@ -26,6 +26,12 @@ LOCAL_OBJECT_STORE_BYTES = 768 * 1024 * 1024
 LOCAL_EXECUTOR_WAIT_S = 0.01
 
 
+def local_backpressure_ratio() -> float:
+    """Ray Data's downstream-capacity ratio on the embedded Ray: a finished block of every decode task a core
+    runs, and one more, may wait beyond what the consumer holds (Ray's default, 2, held 2 tasks to ~1.4)."""
+    return float((os.cpu_count() or 1) + 2)
+
+
 def stream_worker_logs(enabled: bool) -> None:
     """Whether a driver that joins a cluster prints its workers' logs (off for --json output)."""
     _STREAM_WORKER_LOGS["enabled"] = enabled
@@ -88,14 +94,23 @@ def set_up_local_worker() -> None:
 
 def fit_ray_data_to_the_local_store() -> None:
     """Ray Data fitted to one small box, in this process (embedded Ray only): no per-operator object-store
-    reservation, and a scheduling loop that notices a finished decode task sooner.
+    reservation, room for a block of every decode task in the queue, and a scheduling loop that notices a
+    finished decode task sooner.
 
     Ray Data reserves half of its share of the store (half the store) evenly among a dataset's operators
     and starts a task only while its operator stays within its reserve plus a slice of the rest. In the
     embedded Ray's 768 MiB store one 300-image part at 256x192 (~93 MB of crops) left no room for a
-    second decode task: one ran at a time on two cores. Without the reservation Ray Data caps its whole
-    usage at a quarter of the store instead, which two such tasks fit; a cluster node's store (30% of its
-    memory) keeps Ray's default. Measured side by side in bench/torchrun_vs_ray.py.
+    second decode task: one ran at a time on two cores. A cluster node's store (30% of its memory) keeps
+    Ray's default. Measured side by side in bench/torchrun_vs_ray.py.
+
+    Without the reservation (Ray Data 2.60 then only reports its quarter-of-the-store limit), what holds
+    Ray Data's memory is its downstream-capacity backpressure: no new task while the blocks waiting for
+    the consumer exceed `ratio` times what the consumer buffers (about one block). A decode task's output
+    becomes one block at its end (up to 128 MiB: ~110 MB for 256 real photos at 256x192), so the blocks
+    of the tasks running at once land together; with Ray's ratio of 2 one of two task slots sat idle ~30%
+    of a stream of real photos (1.38 tasks at once). With local_backpressure_ratio (cores + 2) a finished
+    block of each slot and one more may wait: 1.8 tasks at once, 1.25x on real photos; a slow consumer
+    (training) still stops new tasks at that many blocks.
 
     Ray Data's scheduling loop waits up to 0.1 s per round for its tasks, so a data worker idled ~0.1 s
     after each decode task (0.2-0.3 s long on these parts); with LOCAL_EXECUTOR_WAIT_S it idles ~0.03 s,
@@ -104,7 +119,9 @@ def fit_ray_data_to_the_local_store() -> None:
     """
     import ray.data
 
-    ray.data.DataContext.get_current().op_resource_reservation_enabled = False
+    ctx = ray.data.DataContext.get_current()
+    ctx.op_resource_reservation_enabled = False
+    ctx.downstream_capacity_backpressure_ratio = local_backpressure_ratio()
     from ray.data._internal.execution import streaming_executor_state
 
     if hasattr(streaming_executor_state, "WAIT_FOR_TASK_COMPLETION_TIMEOUT_S"):
