@@ -238,8 +238,9 @@ def ray_data_settings(**settings):
 
 def big_parts_both_ways(big_parts: str, passes: int, rounds: int = 3) -> dict:
     """The large parts' stream as shipped (no per-operator reservation) and with Ray Data's default, and the
-    one-process path over the same parts, alternating: the per-core ratio compares runs seconds apart (this
-    machine's speed drifts by up to 2x within a day, and ~20% within minutes)."""
+    one-process paths over the same parts (build_instances alone and the whole path), alternating: the
+    per-core ratios compare runs seconds apart (this machine's speed drifts by up to 2x within a day, and
+    ~20% within minutes)."""
     runs: dict[str, list[dict]] = {"single_process_big_parts": [], "single_process_whole_path_big_parts": [],
                                    "ray_data_big_parts": [], "ray_data_big_parts_reserved": []}
     for _ in range(rounds):
