@@ -109,8 +109,8 @@ def fit_ray_data_to_the_local_store() -> None:
     becomes one block at its end (up to 128 MiB: ~110 MB for 256 real photos at 256x192), so the blocks
     of the tasks running at once land together; with Ray's ratio of 2 one of two task slots sat idle ~30%
     of a stream of real photos (1.38 tasks at once). With local_backpressure_ratio (cores + 2) a finished
-    block of each slot and one more may wait: 1.8 tasks at once, 1.25x on real photos; a slow consumer
-    (training) still stops new tasks at that many blocks.
+    block of each slot and one more may wait: 1.85 tasks at once, 1.23x on real photos. In training (a
+    slow consumer) the store's use measured the same with either ratio (README, Limits).
 
     Ray Data's scheduling loop waits up to 0.1 s per round for its tasks, so a data worker idled ~0.1 s
     after each decode task (0.2-0.3 s long on these parts); with LOCAL_EXECUTOR_WAIT_S it idles ~0.03 s,
