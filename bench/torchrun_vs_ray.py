@@ -23,8 +23,8 @@ runs alternate between the sides, `--rounds` times. Printed:
    against plain Ray tasks of 0.1 s kept as many in flight as cores (--rounds 0 stops here). Per core
    against two one-process references (the large parts against their own, taken between their runs):
    build_instances over rows read beforehand, and the whole path as Ray Data's stream runs it (the parts
-   read every pass, the shuffle buffer, torch batches). With --coco the stream is a COCO folder's real
-   photos (one part, read --passes times) instead of synthetic images;
+   read every pass, the shuffle buffer, torch batches). With --coco (and --rounds 0) the stream is a COCO
+   folder's real photos, read --passes times, instead of synthetic images;
 2. training, samples/s: torchrun (DDP, gloo) + DataLoader vs Ray Train + Ray Data, and the ratios.
 """
 
@@ -132,7 +132,7 @@ def single_process_rate(shards: str, passes: int) -> dict:
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
     cfg = experiment(1, 1)
-    rows = list(iter_shard_rows(shards, "train", cfg.data.images_per_block))
+    rows = list(iter_shard_rows(shards, "train", cfg.data.images_per_block, labelled_only=True))  # as Ray reads
     started = time.perf_counter()
     seen = sum(len(build_instances(r, cfg.data, True, p)["image"]) for p in range(passes) for r in rows)
     return {"startup_s": 0.0, "steady": seen / (time.perf_counter() - started)}
@@ -410,7 +410,8 @@ def train_lines(s: dict, result: dict) -> list[str]:
 
 
 def coco_shards(coco: str, root: str) -> str:
-    """A COCO folder's photos sharded as the train split, in one part (its labelled people train)."""
+    """A COCO folder's photos sharded as the train split, `cdkd-ray shard`'s 1,000 images a part (a few photos:
+    one part); its labelled people are the stream's instances."""
     from cdkd_ray.core.shards import shard_coco
 
     annotations = sorted(glob.glob(os.path.join(coco, "person_keypoints_*.json")))[0]
@@ -423,8 +424,9 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=600)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--shards", help="existing shard root (default: synthesise --images)")
-    parser.add_argument("--coco", help="COCO folder (person_keypoints_*.json + images/): its photos, as one "
-                                       "part, instead of synthetic images (real JPEGs; e.g. a few, many --passes)")
+    parser.add_argument("--coco", help="COCO folder (person_keypoints_*.json + images/): stream its photos instead "
+                                       "of synthetic images, the data path only (with --rounds 0; a few photos "
+                                       "need many --passes)")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # one torchrun rank
     parser.add_argument("--passes", type=int, default=32, help="passes over the parts in one data-path stream")
@@ -437,8 +439,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.rounds < 0 or args.rows_per_file < 1 or args.big_part_rows < 0:
         parser.error("--rounds and --big-part-rows must be >= 0, --rows-per-file >= 1")
-    if args.coco and (args.shards or args.big_part_rows):
-        parser.error("--coco streams its own photos: leave out --shards and --big-part-rows")
+    if args.coco and (args.shards or args.big_part_rows or args.rounds):
+        parser.error("--coco measures the data path over its own photos: add --rounds 0, and leave out --shards "
+                     "and --big-part-rows")
     if args.coco and not (glob.glob(os.path.join(args.coco, "person_keypoints_*.json"))
                           and os.path.isdir(os.path.join(args.coco, "images"))):
         parser.error(f"--coco {args.coco}: no person_keypoints_*.json and images/ folder there")
