@@ -16,6 +16,7 @@ from cdkd_ray.core.memory import keep_freed_heap
 from cdkd_ray.core.read_plan import read_task_count
 from cdkd_ray.core.shards import shard_parts
 from cdkd_ray.core.storage import arrow_s3_filesystem
+from cdkd_ray.ray_adapters.runtime import local_decode_slots
 
 if TYPE_CHECKING:  # torch stays out of the decode tasks, which import this module for their function
     from cdkd_ray.core.experiment import ExperimentConfig
@@ -130,7 +131,7 @@ def map_task_limit(cfg: DataConfig) -> int | None:
     if not ray.is_initialized():  # Ray Data will start a default local Ray: as many logical CPUs as cores
         return None
     nodes = [n for n in ray.nodes() if n.get("Alive")]
-    cores = os.cpu_count() or 1
+    cores = local_decode_slots()
     over_declared = len(nodes) == 1 and nodes[0].get("Resources", {}).get("CPU", 0) > cores
     return cores if over_declared else None
 

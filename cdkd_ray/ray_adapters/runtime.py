@@ -26,10 +26,15 @@ LOCAL_OBJECT_STORE_BYTES = 768 * 1024 * 1024
 LOCAL_EXECUTOR_WAIT_S = 0.01
 
 
+def local_decode_slots() -> int:
+    """Decode tasks the embedded Ray runs at once, one per core (`data.max_tasks` sets a dataset's own)."""
+    return os.cpu_count() or 1
+
+
 def local_backpressure_ratio() -> float:
-    """Ray Data's downstream-capacity ratio on the embedded Ray: a finished block of every decode task a core
-    runs, and one more, may wait beyond what the consumer holds (Ray's default, 2, held 2 tasks to ~1.4)."""
-    return float((os.cpu_count() or 1) + 2)
+    """Ray Data's downstream-capacity ratio on the embedded Ray: a finished block of every decode slot, and
+    one more, may wait beyond what the consumer holds (Ray's default, 2, held 2 tasks to ~1.4)."""
+    return float(local_decode_slots() + 2)
 
 
 def stream_worker_logs(enabled: bool) -> None:
